@@ -1,0 +1,2 @@
+//! vmpi interconnect (under construction).
+#![no_std]

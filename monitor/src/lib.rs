@@ -1,0 +1,2 @@
+//! vmpi monitor (under construction).
+#![no_std]
