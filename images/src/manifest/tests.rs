@@ -1,0 +1,465 @@
+use super::*;
+
+const BASE: &str = r#"
+[system]
+name = "t"
+
+[[partition]]
+name = "A"
+service = "hello"
+memory = "32M"
+
+[[partition]]
+name = "B"
+service = "hello"
+memory = 33554432
+
+[[partition]]
+name = "C"
+service = "hello"
+memory = "16MiB"
+"#;
+
+fn ok(extra: &str) -> System {
+    parse(Path::new("t.toml"), &format!("{BASE}{extra}")).unwrap()
+}
+
+/// The error text for BASE + `extra`.
+fn err(extra: &str) -> String {
+    let text = format!("{BASE}{extra}");
+    parse(Path::new("t.toml"), &text).unwrap_err().to_string()
+}
+
+/// Line (1-based) of the first occurrence of `needle` in BASE + extra.
+fn line_of(extra: &str, needle: &str) -> usize {
+    let text = format!("{BASE}{extra}");
+    text[..text.find(needle).unwrap()].matches('\n').count() + 1
+}
+
+const RIGHT_AB: &str = r#"
+[[right]]
+from = "A"
+to = "B"
+direction = "both"
+ring = "64K"
+nonblocking = true
+tags = [0, 99]
+quota = { messages_per_sec = 1000, bytes_per_sec = 65536, burst = 16 }
+"#;
+
+#[test]
+fn resolves_ranks_groups_channels() {
+    let extra = format!(
+        r#"{RIGHT_AB}
+[[right]]
+from = "C"
+to = "A"
+ring = "1M"
+quota = {{ messages_per_sec = 10, bytes_per_sec = 1000, burst = 1, burst_bytes = 4096 }}
+
+[[group]]
+name = "g1"
+members = ["A", "B"]
+
+[[group]]
+name = "g2"
+members = ["C", "A"]
+"#
+    );
+    let s = ok(&extra);
+    assert_eq!(s.name, "t");
+    assert_eq!(s.machine, Machine::Microvm);
+    let names: Vec<_> = s
+        .partitions
+        .iter()
+        .map(|p| (p.name.as_str(), p.rank))
+        .collect();
+    assert_eq!(names, [("A", 0), ("B", 1), ("C", 2)]);
+    assert_eq!(s.partitions[1].memory, 32 << 20);
+    assert_eq!(s.partitions[2].memory, 16 << 20);
+    assert_eq!(s.groups[1].members, [2, 0]);
+    assert_eq!(s.channels.len(), 2);
+    let ab = &s.channels[0];
+    assert_eq!(ab.ends, [0, 1]);
+    assert_eq!(ab.slots, [1, 1]);
+    assert_eq!(ab.file_bytes, MIN_CHANNEL_BYTES);
+    let e = ab.dirs[1].as_ref().unwrap();
+    assert_eq!(
+        (e.from, e.to, e.ring_bytes, e.nonblocking, e.tags),
+        (1, 0, 65536, true, Some((0, 99)))
+    );
+    assert_eq!(
+        e.quota.burst_bytes, 65536,
+        "burst_bytes defaults to one second"
+    );
+    let ca = &s.channels[1];
+    assert_eq!(ca.ends, [0, 2]);
+    assert_eq!(ca.slots, [2, 1], "A's second channel is in slot 2");
+    assert!(ca.dirs[0].is_none(), "one-way is the default");
+    assert_eq!(ca.dirs[1].as_ref().unwrap().quota.burst_bytes, 4096);
+    assert_eq!(s.channels_of(1).count(), 1);
+}
+
+#[test]
+fn a_pair_not_granted_gets_no_channel() {
+    let s = ok(RIGHT_AB);
+    assert!(s.channels_of(2).next().is_none());
+}
+
+#[test]
+fn two_one_way_rights_make_one_channel() {
+    let extra = r#"
+[[right]]
+from = "A"
+to = "B"
+ring = "4K"
+quota = { messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }
+[[right]]
+from = "B"
+to = "A"
+ring = "2M"
+quota = { messages_per_sec = 2, bytes_per_sec = 2, burst = 2 }
+"#;
+    let s = ok(extra);
+    assert_eq!(s.channels.len(), 1);
+    let c = &s.channels[0];
+    assert_eq!(c.dirs[0].as_ref().unwrap().ring_bytes, 4096);
+    assert_eq!(c.dirs[1].as_ref().unwrap().ring_bytes, 2 << 20);
+    assert_eq!(c.file_bytes, 4 << 20, "header + 4K + 2M rounds up to 4M");
+}
+
+#[test]
+fn unknown_key() {
+    let extra = "\n[[group]]\nname = \"g\"\nmembers = [\"A\"]\ncolour = \"red\"\n";
+    let e = err(extra);
+    let line = line_of(extra, "colour");
+    assert!(
+        e.starts_with(&format!("t.toml:{line}: key `colour`: unknown key")),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_key_at_top_level_and_in_partition() {
+    let e = err("\n[extras]\nx = 1\n");
+    assert!(e.contains("key `extras`: unknown key"), "{e}");
+    let e = parse(
+        Path::new("t.toml"),
+        &BASE.replace("memory = \"32M\"", "memory = \"32M\"\ncpus = 2"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("t.toml:9: key `cpus`: unknown key"), "{e}");
+}
+
+#[test]
+fn missing_key() {
+    let e = err("\n[[partition]]\nname = \"D\"\nservice = \"x\"\n");
+    assert!(e.contains("key `memory`: missing field `memory`"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_names_its_key() {
+    let extra =
+        "\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\nhypervisor = \"xen\"\n";
+    let e = err(extra);
+    let line = line_of(extra, "xen");
+    assert!(
+        e.starts_with(&format!("t.toml:{line}: key `hypervisor`:")),
+        "{e}"
+    );
+    assert!(e.contains("qemu"), "{e}");
+}
+
+#[test]
+fn duplicate_name() {
+    let extra = "\n[[partition]]\nname = \"B\"\nservice = \"x\"\nmemory = \"8M\"\n";
+    let e = err(extra);
+    let line = line_of(extra, "name = \"B\"\nservice = \"x\"");
+    assert_eq!(
+        e,
+        format!(
+            "t.toml:{line}: key `partition.name`: duplicate partition name `B` (first defined on line 11)"
+        )
+    );
+}
+
+#[test]
+fn duplicate_group_name() {
+    let e = err(
+        "\n[[group]]\nname = \"g\"\nmembers = [\"A\"]\n[[group]]\nname = \"g\"\nmembers = [\"B\"]\n",
+    );
+    assert!(
+        e.contains("key `group.name`: duplicate group name `g`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn channel_to_missing_partition() {
+    let extra = RIGHT_AB.replace("to = \"B\"", "to = \"Z\"");
+    let e = err(&extra);
+    let line = line_of(&extra, "to = \"Z\"");
+    assert_eq!(
+        e,
+        format!("t.toml:{line}: key `right.to`: no partition named `Z`")
+    );
+}
+
+#[test]
+fn group_with_unknown_member() {
+    let e = err("\n[[group]]\nname = \"g\"\nmembers = [\"A\", \"Q\"]\n");
+    assert!(
+        e.contains("key `group.members`: no partition named `Q`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ring_that_does_not_fit() {
+    // 9 channels of 64 MiB rings both ways need 9 * 256 MiB of A's 512 MiB window.
+    let mut extra = String::new();
+    for i in 0..3 {
+        extra.push_str(&format!(
+            "\n[[partition]]\nname = \"P{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"A\"\nto = \"P{i}\"\ndirection = \"both\"\nring = \"64M\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
+        ));
+    }
+    let e = err(&extra);
+    assert!(
+        e.contains("key `right.ring`: ring of 64 MiB does not fit in memory: partition `A`"),
+        "{e}"
+    );
+    assert!(e.contains("768 MiB of its 512 MiB"), "{e}");
+}
+
+#[test]
+fn ring_size_rules() {
+    let e = err(&RIGHT_AB.replace("\"64K\"", "\"48K\""));
+    assert!(
+        e.contains("key `right.ring`: ring of 48 KiB must be a power of two"),
+        "{e}"
+    );
+    let e = err(&RIGHT_AB.replace("\"64K\"", "\"128M\""));
+    assert!(
+        e.contains("ring of 128 MiB must be a power of two in 4 KiB..=64 MiB"),
+        "{e}"
+    );
+    let e = err(&RIGHT_AB.replace("\"64K\"", "\"lots\""));
+    assert!(e.contains("key `right.ring`: `lots` is not a size"), "{e}");
+}
+
+#[test]
+fn quota_of_zero() {
+    let e = err(&RIGHT_AB.replace("burst = 16", "burst = 0"));
+    assert!(
+        e.contains("key `right.quota.burst`: a quota of zero forbids the edge"),
+        "{e}"
+    );
+    let e = err(&RIGHT_AB.replace("messages_per_sec = 1000", "messages_per_sec = 0"));
+    assert!(
+        e.contains("key `right.quota.messages_per_sec`: a quota of zero"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_quota() {
+    let e = err(&RIGHT_AB.replace(
+        "quota = { messages_per_sec = 1000, bytes_per_sec = 65536, burst = 16 }",
+        "",
+    ));
+    assert!(e.contains("key `quota`: missing field `quota`"), "{e}");
+}
+
+#[test]
+fn edge_granted_twice() {
+    let e = err(&format!(
+        "{RIGHT_AB}{}",
+        RIGHT_AB.replace("from = \"A\"\nto = \"B\"", "from = \"B\"\nto = \"A\"")
+    ));
+    assert!(
+        e.contains("key `right`: `B` -> `A` is already granted on line"),
+        "{e}"
+    );
+}
+
+#[test]
+fn self_channel() {
+    let e = err(&RIGHT_AB.replace("to = \"B\"", "to = \"A\""));
+    assert!(
+        e.contains("key `right.to`: a partition needs no channel to itself"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_tags() {
+    let e = err(&RIGHT_AB.replace("[0, 99]", "[99, 0]"));
+    assert!(
+        e.contains("key `right.tags`: tags must be `[first, last]`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn uhyve_partition_with_channel() {
+    let text = format!("{BASE}{RIGHT_AB}").replacen(
+        "name = \"B\"\nservice = \"hello\"",
+        "name = \"B\"\nhypervisor = \"uhyve\"\nservice = \"hello\"",
+        1,
+    );
+    let e = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
+    assert!(
+        e.contains("key `right.to`: partition `B` runs under uhyve, which has no shared memory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_image_file() {
+    let e = err("\n[[partition]]\nname = \"D\"\nimage = \"no/such.elf\"\nmemory = \"8M\"\n");
+    assert!(
+        e.contains("key `partition.image`: image no/such.elf does not exist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_or_image() {
+    let e = err("\n[[partition]]\nname = \"D\"\nmemory = \"8M\"\n");
+    assert!(
+        e.contains("key `partition.service`: partition `D` needs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn memory_bounds() {
+    let e = err("\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"1M\"\n");
+    assert!(
+        e.contains("key `partition.memory`: 1 MiB is outside 4 MiB..=64 GiB"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_names_and_args() {
+    let e = err("\n[[partition]]\nname = \"a b\"\nservice = \"x\"\nmemory = \"8M\"\n");
+    assert!(
+        e.contains("key `partition.name`: `a b` is not a valid name"),
+        "{e}"
+    );
+    let e = err(
+        "\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\nargs = [\"k=v w\"]\n",
+    );
+    assert!(
+        e.contains("key `partition.args`: `k=v w` is not `key=value`"),
+        "{e}"
+    );
+    let e = err("\n[[group]]\nname = \"world\"\nmembers = [\"A\"]\n");
+    assert!(e.contains("`world` is the implicit group"), "{e}");
+}
+
+#[test]
+fn impossible_fault_policies() {
+    let p =
+        |s: &str| format!("\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\n{s}\n");
+    let e = err(&p("on_fault = \"restart\""));
+    assert!(
+        e.contains("key `partition.on_fault`: `restart` needs `max_restarts`"),
+        "{e}"
+    );
+    let e = err(&p("on_fault = \"stop\"\nmax_restarts = 3"));
+    assert!(
+        e.contains("key `partition.max_restarts`: `max_restarts` only applies"),
+        "{e}"
+    );
+    let e = err(&p("max_restarts = 3"));
+    assert!(e.contains("`max_restarts` only applies"), "{e}");
+    let e = err(&p("on_fault = \"restart\"\nmax_restarts = 0"));
+    assert!(
+        e.contains("restart with a limit of 0 never restarts"),
+        "{e}"
+    );
+    let s = ok(&p("on_fault = \"restart\"\nmax_restarts = 2"));
+    assert_eq!(s.partitions[3].on_fault, FaultPolicy::Restart { max: 2 });
+}
+
+#[test]
+fn impossible_monitor_policies() {
+    let e = err("\n[monitor]\non_flood = \"kill\"\n");
+    assert!(
+        e.contains("key `monitor.on_flood`: no partition meters the channels"),
+        "{e}"
+    );
+    let e = err("\n[monitor]\npartition = \"M\"\n");
+    assert!(
+        e.contains("key `monitor.partition`: no partition named `M`"),
+        "{e}"
+    );
+    let e = err(
+        "\n[[partition]]\nname = \"M\"\nservice = \"x\"\nmemory = \"8M\"\non_fault = \"restart\"\nmax_restarts = 1\n[monitor]\npartition = \"M\"\n",
+    );
+    assert!(e.contains("the monitor `M` cannot be restarted"), "{e}");
+    let e = err("\n[monitor]\nperiod_ms = 0\n");
+    assert!(e.contains("key `monitor.period_ms`"), "{e}");
+    let s = ok("\n[monitor]\npartition = \"C\"\non_flood = \"kill\"\nperiod_ms = 50\n");
+    assert_eq!(
+        (s.monitor.partition, s.monitor.on_flood, s.monitor.period_ms),
+        (Some(2), FloodVerdict::Kill, 50)
+    );
+}
+
+#[test]
+fn no_partitions() {
+    let e = parse(Path::new("t.toml"), "[system]\nname = \"x\"\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "t.toml:1: key `partition`: the system has no `[[partition]]`: add at least one"
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_line() {
+    let e = err("\n[[group]]\nname = \n");
+    assert!(
+        e.starts_with(&format!(
+            "t.toml:{}: key `name`:",
+            line_of("\n[[group]]\nname = \n", "name = \n")
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    let e = load(Path::new("/nonexistent/x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("/nonexistent/x.toml: cannot read manifest"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("4096"), Some(4096));
+    assert_eq!(parse_size("64K"), Some(65536));
+    assert_eq!(parse_size("2MiB"), Some(2 << 20));
+    assert_eq!(parse_size("1G"), Some(1 << 30));
+    assert_eq!(parse_size("1T"), None);
+    assert_eq!(parse_size("M"), None);
+    assert_eq!(human_bytes(65536), "64 KiB");
+    assert_eq!(human_bytes(100), "100 B");
+}
+
+#[test]
+fn checked_in_manifests_are_valid() {
+    for m in ["hello.toml", "demo.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(m);
+        load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
