@@ -1,0 +1,619 @@
+//! The rights table: which partition may send to which, with which tags, how fast,
+//! and what the monitor does when a partition fails.
+//!
+//! Built from the manifest with [`RightsBuilder`]; each partition receives only its own
+//! [`RightsTable::view`] (see [`crate::wire`] for the published encoding); every send is
+//! checked by [`RightsTable::check_send`], the one place where rights are checked.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::id::{EdgeId, PartitionId};
+
+/// Most partitions in one system (group membership is a 64-bit mask).
+pub const MAX_PARTITIONS: usize = 64;
+/// Most groups in one system.
+pub const MAX_GROUPS: usize = 64;
+/// Most directed edges: every ordered pair of distinct partitions.
+pub const MAX_EDGES: usize = MAX_PARTITIONS * (MAX_PARTITIONS - 1);
+/// Longest partition or group name, in bytes.
+pub const MAX_NAME: usize = 32;
+/// Highest restart limit: each restart uses a generation and generations never wrap.
+pub const MAX_RESTART_LIMIT: u32 = u16::MAX as u32;
+
+/// Rate limits of one edge: a token bucket for messages and one for bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Sustained messages per second.
+    pub msgs_per_s: u64,
+    /// Sustained payload bytes per second.
+    pub bytes_per_s: u64,
+    /// Messages that may be sent at once above the sustained rate.
+    pub burst_msgs: u64,
+    /// Bytes that may be sent at once above the sustained rate.
+    pub burst_bytes: u64,
+}
+
+/// An inclusive range of message tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TagRange {
+    /// Lowest allowed tag.
+    pub lo: u32,
+    /// Highest allowed tag (inclusive).
+    pub hi: u32,
+}
+
+/// What one directed edge allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeRights {
+    /// Allowed tags; `None` allows every tag.
+    pub tags: Option<TagRange>,
+    /// Whether non-blocking sends (`isend`) are allowed on this edge.
+    pub nonblocking: bool,
+    /// Rate limits, metered by the monitor.
+    pub quota: Quota,
+}
+
+/// A granted directed edge: `from` may send to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// Number of the edge in the full table (the same in every view).
+    pub id: EdgeId,
+    /// Sending partition's index.
+    pub from: u16,
+    /// Receiving partition's index.
+    pub to: u16,
+    /// What the edge allows.
+    pub rights: EdgeRights,
+}
+
+/// What the monitor does with a partition that faulted or was convicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Kill it and leave it dead.
+    Stop,
+    /// Kill it and start a new incarnation, at most `limit` times in all.
+    Restart {
+        /// Most restarts (1..=[`MAX_RESTART_LIMIT`]).
+        limit: u32,
+    },
+}
+
+/// A partition of the system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Index (rank in the world), stable across restarts.
+    pub index: u16,
+    /// Name from the manifest.
+    pub name: String,
+    /// Current incarnation.
+    pub generation: u16,
+    /// Failure policy.
+    pub policy: Policy,
+}
+
+impl Partition {
+    /// The partition's current generational id.
+    pub fn id(&self) -> PartitionId {
+        PartitionId::new(self.index, self.generation)
+    }
+}
+
+/// A named set of partitions (the base of a communicator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// Index of the group.
+    pub index: u16,
+    /// Name from the manifest.
+    pub name: String,
+    /// Members: bit `i` set for partition index `i`.
+    pub members: u64,
+}
+
+/// Why a send was refused; the interconnect turns any of these into `PermissionDenied`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Denied {
+    /// No edge from the sender to the destination.
+    NoEdge = 1,
+    /// The edge exists but the tag is outside its range.
+    TagOutOfRange = 2,
+    /// The edge exists but forbids non-blocking sends.
+    NonBlockingForbidden = 3,
+}
+
+/// An invalid rights table; every variant names the offending value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RightsError {
+    /// A name is empty, too long or has characters other than `a-z 0-9 _ -`.
+    BadName {
+        /// The name (lossily decoded).
+        name: String,
+    },
+    /// Two partitions or groups share a name.
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// A name refers to no partition (or group, where groups are allowed).
+    UnknownName {
+        /// The name.
+        name: String,
+        /// Where it appeared, e.g. "edge source".
+        role: &'static str,
+    },
+    /// An index refers to no partition of the table.
+    UnknownIndex {
+        /// The index.
+        index: u16,
+        /// Where it appeared.
+        role: &'static str,
+    },
+    /// More partitions, groups or edges than the table holds.
+    TooMany {
+        /// "partitions", "groups" or "edges".
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// An edge from a partition to itself.
+    SelfEdge {
+        /// The partition.
+        name: String,
+    },
+    /// The same directed pair granted twice (directly or through groups).
+    DuplicateEdge {
+        /// Sender.
+        from: String,
+        /// Receiver.
+        to: String,
+    },
+    /// A grant between groups that yields no pair of distinct partitions.
+    EmptyGrant {
+        /// Sender name.
+        from: String,
+        /// Receiver name.
+        to: String,
+    },
+    /// A group with a bad index.
+    BadGroup {
+        /// The group.
+        name: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// A group without members.
+    EmptyGroup {
+        /// The group.
+        name: String,
+    },
+    /// A quota field is zero.
+    ZeroQuota {
+        /// Sender.
+        from: String,
+        /// Receiver.
+        to: String,
+        /// The zero field.
+        field: &'static str,
+    },
+    /// A tag range with `lo > hi`.
+    EmptyTagRange {
+        /// Sender.
+        from: String,
+        /// Receiver.
+        to: String,
+        /// Lowest tag.
+        lo: u32,
+        /// Highest tag.
+        hi: u32,
+    },
+    /// A failure policy the monitor cannot carry out.
+    BadPolicy {
+        /// The partition.
+        name: String,
+        /// Why.
+        why: &'static str,
+    },
+    /// Two edges share an id, or a view holds an edge not touching its viewer.
+    BadEdge {
+        /// The edge.
+        id: EdgeId,
+        /// Why.
+        why: &'static str,
+    },
+}
+
+impl fmt::Display for RightsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use RightsError::*;
+        match self {
+            BadName { name } => write!(
+                f,
+                "bad name {name:?}: want 1..={MAX_NAME} of a-z 0-9 _ -, starting with a letter"
+            ),
+            DuplicateName { name } => write!(f, "name {name:?} is used twice"),
+            UnknownName { name, role } => write!(f, "{role} {name:?} names no known partition"),
+            UnknownIndex { index, role } => write!(f, "{role} {index} is no known partition"),
+            TooMany { what, max } => write!(f, "too many {what} (at most {max})"),
+            SelfEdge { name } => write!(f, "edge from {name:?} to itself"),
+            DuplicateEdge { from, to } => write!(f, "edge {from} -> {to} granted twice"),
+            EmptyGrant { from, to } => write!(f, "grant {from} -> {to} yields no edge"),
+            BadGroup { name, why } => write!(f, "group {name:?}: {why}"),
+            EmptyGroup { name } => write!(f, "group {name:?} has no members"),
+            ZeroQuota { from, to, field } => write!(f, "edge {from} -> {to}: {field} is zero"),
+            EmptyTagRange { from, to, lo, hi } => {
+                write!(f, "edge {from} -> {to}: empty tag range {lo}..={hi}")
+            }
+            BadPolicy { name, why } => write!(f, "policy of {name:?}: {why}"),
+            BadEdge { id, why } => write!(f, "edge {id}: {why}"),
+        }
+    }
+}
+
+impl core::error::Error for RightsError {}
+
+/// Collects the manifest's partitions, groups and grants by name; [`RightsBuilder::build`]
+/// resolves and validates them. Partition indices follow the order of declaration.
+#[derive(Clone, Debug, Default)]
+pub struct RightsBuilder {
+    partitions: Vec<(String, Policy)>,
+    groups: Vec<(String, Vec<String>)>,
+    grants: Vec<(String, String, EdgeRights)>,
+    no_nonblocking: Vec<String>,
+}
+
+impl RightsBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares a partition; its index is the number of partitions declared before it.
+    pub fn partition(&mut self, name: &str, policy: Policy) -> &mut Self {
+        self.partitions.push((name.to_string(), policy));
+        self
+    }
+
+    /// Declares a group of partitions.
+    pub fn group(&mut self, name: &str, members: &[&str]) -> &mut Self {
+        let members = members.iter().map(|m| m.to_string()).collect();
+        self.groups.push((name.to_string(), members));
+        self
+    }
+
+    /// Grants `from` the right to send to `to`; each may name a partition or a group (a
+    /// group grants every ordered pair of distinct partitions).
+    pub fn allow(&mut self, from: &str, to: &str, rights: EdgeRights) -> &mut Self {
+        self.grants.push((from.to_string(), to.to_string(), rights));
+        self
+    }
+
+    /// Forbids non-blocking sends on every edge from `partition`.
+    pub fn forbid_nonblocking(&mut self, partition: &str) -> &mut Self {
+        self.no_nonblocking.push(partition.to_string());
+        self
+    }
+
+    /// Resolves names and validates the table.
+    pub fn build(&self) -> Result<RightsTable, RightsError> {
+        let mut table = RightsTable::default();
+        if self.partitions.len() > MAX_PARTITIONS {
+            return Err(RightsError::TooMany { what: "partitions", max: MAX_PARTITIONS });
+        }
+        for (index, (name, policy)) in self.partitions.iter().enumerate() {
+            let (name, policy) = (name.clone(), *policy);
+            table.partitions.push(Partition { index: index as u16, name, generation: 0, policy });
+        }
+        if self.groups.len() > MAX_GROUPS {
+            return Err(RightsError::TooMany { what: "groups", max: MAX_GROUPS });
+        }
+        for (index, (name, members)) in self.groups.iter().enumerate() {
+            let mut mask = 0;
+            for member in members {
+                mask |= 1 << table.lookup(member, "group member")?;
+            }
+            table.groups.push(Group { index: index as u16, name: name.clone(), members: mask });
+        }
+        for (from, to, rights) in &self.grants {
+            let senders = table.resolve(from, "edge source")?;
+            let receivers = table.resolve(to, "edge destination")?;
+            if from == to && senders.count_ones() == 1 {
+                return Err(RightsError::SelfEdge { name: from.clone() });
+            }
+            let before = table.edges.len();
+            for f in bits(senders) {
+                for t in bits(receivers).filter(|&t| t != f) {
+                    if table.edge(f, t).is_some() {
+                        let (from, to) = (table.name(f), table.name(t));
+                        return Err(RightsError::DuplicateEdge { from, to });
+                    }
+                    if table.edges.len() == MAX_EDGES {
+                        return Err(RightsError::TooMany { what: "edges", max: MAX_EDGES });
+                    }
+                    let id = EdgeId(table.edges.len() as u16);
+                    table.edges.push(Edge { id, from: f, to: t, rights: *rights });
+                }
+            }
+            if table.edges.len() == before {
+                return Err(RightsError::EmptyGrant { from: from.clone(), to: to.clone() });
+            }
+        }
+        for name in &self.no_nonblocking {
+            let index = table.lookup(name, "forbid-nonblocking partition")?;
+            for edge in table.edges.iter_mut().filter(|e| e.from == index) {
+                edge.rights.nonblocking = false;
+            }
+        }
+        table.validate()?;
+        Ok(table)
+    }
+}
+
+/// Indices of the set bits of a mask.
+fn bits(mask: u64) -> impl Iterator<Item = u16> {
+    (0..64u16).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// Whether `name` is a valid partition or group name.
+pub(crate) fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
+}
+
+/// The rights of a whole system, or one partition's view of them.
+///
+/// A view (from [`RightsTable::view`]) holds the viewer, the peers it shares an edge
+/// with, the groups it belongs to and the edges that start or end at it: nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RightsTable {
+    pub(crate) viewer: Option<u16>,
+    pub(crate) partitions: Vec<Partition>,
+    pub(crate) groups: Vec<Group>,
+    pub(crate) edges: Vec<Edge>,
+}
+
+impl RightsTable {
+    /// The partition whose view this is, or `None` for the full table.
+    pub fn viewer(&self) -> Option<PartitionId> {
+        self.partition(self.viewer?).map(Partition::id)
+    }
+
+    /// The known partitions, by increasing index.
+    pub fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    /// The known groups.
+    pub fn groups(&self) -> &[Group] {
+        &self.groups
+    }
+
+    /// The known edges.
+    pub fn edges(&self) -> &[Edge] {
+        &self.edges
+    }
+
+    /// The partition with this index.
+    pub fn partition(&self, index: u16) -> Option<&Partition> {
+        self.partitions.iter().find(|p| p.index == index)
+    }
+
+    /// The edge from `from` to `to`.
+    pub fn edge(&self, from: u16, to: u16) -> Option<&Edge> {
+        self.edges.iter().find(|e| e.from == from && e.to == to)
+    }
+
+    /// The edge with this id.
+    pub fn edge_by_id(&self, id: EdgeId) -> Option<&Edge> {
+        self.edges.iter().find(|e| e.id == id)
+    }
+
+    /// Index of the partition named `name`.
+    pub fn index_of(&self, name: &str) -> Option<u16> {
+        self.partitions.iter().find(|p| p.name == name).map(|p| p.index)
+    }
+
+    /// The rights check: may `from` send `tag` to `to`, blocking or not? Returns the edge
+    /// to send on.
+    pub fn check_send(
+        &self,
+        from: u16,
+        to: u16,
+        tag: u32,
+        nonblocking: bool,
+    ) -> Result<EdgeId, Denied> {
+        let edge = self.edge(from, to).ok_or(Denied::NoEdge)?;
+        if let Some(range) = edge.rights.tags {
+            if tag < range.lo || tag > range.hi {
+                return Err(Denied::TagOutOfRange);
+            }
+        }
+        if nonblocking && !edge.rights.nonblocking {
+            return Err(Denied::NonBlockingForbidden);
+        }
+        Ok(edge.id)
+    }
+
+    /// What partition `index` may learn: itself, its peers, its groups, its edges.
+    pub fn view(&self, index: u16) -> Option<RightsTable> {
+        self.partition(index)?;
+        let edges: Vec<Edge> =
+            self.edges.iter().filter(|e| e.from == index || e.to == index).copied().collect();
+        let known = |p: &&Partition| {
+            p.index == index || edges.iter().any(|e| e.from == p.index || e.to == p.index)
+        };
+        Some(RightsTable {
+            viewer: Some(index),
+            partitions: self.partitions.iter().filter(known).cloned().collect(),
+            groups: self.groups.iter().filter(|g| g.members & (1 << index) != 0).cloned().collect(),
+            edges,
+        })
+    }
+
+    /// Records a new incarnation of a partition (done by the supervisor on restart).
+    pub(crate) fn set_generation(&mut self, id: PartitionId) {
+        if let Some(p) = self.partitions.iter_mut().find(|p| p.index == id.index) {
+            p.generation = id.generation;
+        }
+    }
+
+    fn name(&self, index: u16) -> String {
+        self.partition(index).map_or_else(|| alloc::format!("#{index}"), |p| p.name.clone())
+    }
+
+    fn lookup(&self, name: &str, role: &'static str) -> Result<u16, RightsError> {
+        let name = name.to_string();
+        self.index_of(&name).ok_or(RightsError::UnknownName { name, role })
+    }
+
+    /// A partition's bit, or a group's members.
+    fn resolve(&self, name: &str, role: &'static str) -> Result<u64, RightsError> {
+        if let Some(group) = self.groups.iter().find(|g| g.name == name) {
+            return Ok(group.members);
+        }
+        Ok(1 << self.lookup(name, role)?)
+    }
+
+    /// Checks every invariant; used by the builder and by the decoder.
+    pub(crate) fn validate(&self) -> Result<(), RightsError> {
+        use RightsError::*;
+        let limits = [
+            ("partitions", self.partitions.len(), MAX_PARTITIONS),
+            ("groups", self.groups.len(), MAX_GROUPS),
+            ("edges", self.edges.len(), MAX_EDGES),
+        ];
+        if let Some(&(what, _, max)) = limits.iter().find(|(_, n, max)| n > max) {
+            return Err(TooMany { what, max });
+        }
+        let mut names: Vec<&str> = Vec::new();
+        let mut known: u64 = 0;
+        for (i, p) in self.partitions.iter().enumerate() {
+            let sorted = i == 0 || self.partitions[i - 1].index < p.index;
+            if p.index as usize >= MAX_PARTITIONS || !sorted {
+                return Err(UnknownIndex { index: p.index, role: "partition" });
+            }
+            known |= 1 << p.index;
+            let name = p.name.clone();
+            match p.policy {
+                Policy::Restart { limit: 0 } => {
+                    return Err(BadPolicy { name, why: "restart limit 0: say stop" });
+                }
+                Policy::Restart { limit } if limit > MAX_RESTART_LIMIT => {
+                    return Err(BadPolicy { name, why: "restart limit beyond 65535 generations" });
+                }
+                _ => {}
+            }
+        }
+        let named = self.partitions.iter().map(|p| &p.name);
+        for name in named.chain(self.groups.iter().map(|g| &g.name)) {
+            if !valid_name(name) {
+                return Err(BadName { name: name.clone() });
+            }
+            if names.contains(&name.as_str()) {
+                return Err(DuplicateName { name: name.clone() });
+            }
+            names.push(name);
+        }
+        if let Some(viewer) = self.viewer {
+            if known & (1 << (viewer % 64)) == 0 || viewer as usize >= MAX_PARTITIONS {
+                return Err(UnknownIndex { index: viewer, role: "viewer" });
+            }
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if g.index as usize >= MAX_GROUPS || self.groups[..i].iter().any(|o| o.index == g.index)
+            {
+                return Err(BadGroup { name: g.name.clone(), why: "index out of range or reused" });
+            }
+            // A view knows a group's members by index only, not every member's name.
+            let outside = if self.viewer.is_some() { 0 } else { g.members & !known };
+            if g.members == 0 || outside != 0 {
+                let index = outside.trailing_zeros() as u16;
+                return Err(match outside {
+                    0 => EmptyGroup { name: g.name.clone() },
+                    _ => UnknownIndex { index, role: "group member" },
+                });
+            }
+        }
+        for (i, e) in self.edges.iter().enumerate() {
+            for (index, role) in [(e.from, "edge source"), (e.to, "edge destination")] {
+                if self.partition(index).is_none() {
+                    return Err(UnknownIndex { index, role });
+                }
+            }
+            let (from, to) = (self.name(e.from), self.name(e.to));
+            if e.from == e.to {
+                return Err(SelfEdge { name: from });
+            }
+            if self.edges[..i].iter().any(|o| o.from == e.from && o.to == e.to) {
+                return Err(DuplicateEdge { from, to });
+            }
+            if self.edges[..i].iter().any(|o| o.id == e.id) {
+                return Err(BadEdge { id: e.id, why: "id used twice" });
+            }
+            if e.id.0 as usize >= MAX_EDGES {
+                return Err(BadEdge { id: e.id, why: "id out of range" });
+            }
+            if self.viewer.is_some_and(|v| v != e.from && v != e.to) {
+                return Err(BadEdge { id: e.id, why: "not the viewer's edge" });
+            }
+            let q = e.rights.quota;
+            let fields = [
+                ("msgs_per_s", q.msgs_per_s),
+                ("bytes_per_s", q.bytes_per_s),
+                ("burst_msgs", q.burst_msgs),
+                ("burst_bytes", q.burst_bytes),
+            ];
+            if let Some(&(field, _)) = fields.iter().find(|(_, v)| *v == 0) {
+                return Err(ZeroQuota { from, to, field });
+            }
+            if let Some(TagRange { lo, hi }) = e.rights.tags.filter(|t| t.lo > t.hi) {
+                return Err(EmptyTagRange { from, to, lo, hi });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for RightsTable {
+    /// The table as `vmpi check` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.viewer() {
+            Some(id) => writeln!(f, "rights of {} ({id})", self.name(id.index))?,
+            None => writeln!(f, "rights table")?,
+        }
+        writeln!(f, "partitions:")?;
+        for p in &self.partitions {
+            let policy = match p.policy {
+                Policy::Stop => String::from("stop"),
+                Policy::Restart { limit } => alloc::format!("restart (limit {limit})"),
+            };
+            writeln!(f, "  {:>2} {:<16} gen {:<3} on failure: {policy}", p.index, p.name, p.generation)?;
+        }
+        writeln!(f, "groups:")?;
+        for g in &self.groups {
+            let members: Vec<String> = bits(g.members).map(|i| self.name(i)).collect();
+            writeln!(f, "  {:<16} = {{{}}}", g.name, members.join(", "))?;
+        }
+        writeln!(f, "edges:")?;
+        for e in &self.edges {
+            let (r, q) = (e.rights, e.rights.quota);
+            let pair = alloc::format!("{} -> {}", self.name(e.from), self.name(e.to));
+            write!(f, "  {:>5} {pair:<28} ", e.id)?;
+            match r.tags {
+                Some(t) => write!(f, "tags {}..={}", t.lo, t.hi)?,
+                None => write!(f, "any tag")?,
+            }
+            let nb = if r.nonblocking { "isend ok" } else { "blocking only" };
+            writeln!(
+                f,
+                ", {nb}, {} msg/s (burst {}), {} B/s (burst {})",
+                q.msgs_per_s, q.burst_msgs, q.bytes_per_s, q.burst_bytes
+            )?;
+        }
+        Ok(())
+    }
+}
