@@ -7,6 +7,7 @@
 //! - Partition images are PVH ELFs built by the `partitions/` workspace.
 #![deny(missing_docs)]
 
+pub mod doorbell;
 pub mod guest_args;
 pub mod manifest;
 pub mod tsc;

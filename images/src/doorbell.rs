@@ -1,0 +1,448 @@
+//! vmpi's own ivshmem server: serves QEMU's `ivshmem-doorbell` devices with the
+//! protocol of QEMU's `docs/specs/ivshmem-spec.rst` (Debian ships no
+//! `ivshmem-server`).
+//!
+//! # Protocol (server → client only; every message is one little-endian `i64`,
+//! optionally with one file descriptor attached through `SCM_RIGHTS`)
+//! 1. on connect: the protocol version `0`; the client's own peer id; `-1` with the
+//!    shared-memory fd;
+//! 2. for every peer already connected: its id once per vector, each with one of its
+//!    eventfds; every such peer is told the new client's id with each of the new
+//!    client's eventfds;
+//! 3. the client's own id once per vector with its own eventfds (QEMU listens on
+//!    them: a peer's doorbell write to `(id << 16) | vector` signals them);
+//! 4. when a client disconnects, every other peer receives its id with no fd.
+//!
+//! # Design
+//! - **One socket per channel end**, not per channel or per system. The client
+//!   sends nothing, so a server learns who connected only from *where*: a socket per
+//!   end lets the id be fixed in advance (lower rank = 0, higher = 1, the monitor 2
+//!   later), so the guest command line can name it, and a second QEMU on an end is
+//!   refused. A socket per system could not even choose the right shared-memory fd.
+//! - One thread serves every socket of a system with `poll(2)`; a pipe stops it.
+//!   It never blocks on a client for long: writes time out after one second.
+//! - Eventfds are created per connection, so a restarted VM gets fresh ones and its
+//!   peers learn of the restart (disconnect, then connect).
+//!
+//! # Assumptions
+//! - Linux (`eventfd`, `SCM_RIGHTS`), x86_64 little-endian like QEMU's host.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The protocol version QEMU 7.2 speaks.
+pub const PROTOCOL_VERSION: i64 = 0;
+/// Interrupt vectors per peer: 0 = data (the peer wrote to a ring), 1 = control
+/// (reserved for the monitor: revoke, cancel).
+pub const VECTORS: usize = 2;
+
+/// Doorbell server errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DoorbellError {
+    /// A socket could not be created.
+    #[error("doorbell socket {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A system call failed.
+    #[error("doorbell server: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What the server reports as clients come and go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A QEMU completed the handshake on channel `channel`, end `peer`.
+    Connected {
+        /// Channel index.
+        channel: usize,
+        /// Peer id (end).
+        peer: usize,
+    },
+    /// That QEMU hung up.
+    Disconnected {
+        /// Channel index.
+        channel: usize,
+        /// Peer id (end).
+        peer: usize,
+    },
+    /// A second client on an occupied end was refused.
+    Refused {
+        /// Channel index.
+        channel: usize,
+        /// Peer id (end).
+        peer: usize,
+    },
+}
+
+/// One channel to serve: its shared-memory file and one socket path per end
+/// (index = peer id).
+#[derive(Debug)]
+pub struct ChannelSpec {
+    /// The shared-memory file (handed to each client).
+    pub shm: File,
+    /// Socket paths, one per end.
+    pub sockets: Vec<PathBuf>,
+}
+
+/// A running doorbell server; dropping it stops the thread and removes its sockets.
+#[derive(Debug)]
+pub struct DoorbellServer {
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    paths: Vec<PathBuf>,
+}
+
+impl DoorbellServer {
+    /// Binds every socket (so QEMU may connect as soon as this returns) and starts
+    /// serving. Events go to `events` (ignored if the receiver is gone).
+    pub fn start(
+        channels: Vec<ChannelSpec>,
+        events: mpsc::Sender<Event>,
+    ) -> Result<Self, DoorbellError> {
+        let mut paths = Vec::new();
+        let mut chans = Vec::new();
+        for spec in channels {
+            let mut ends = Vec::new();
+            for path in spec.sockets {
+                let _ = std::fs::remove_file(&path);
+                let listener = UnixListener::bind(&path).map_err(|source| DoorbellError::Bind {
+                    path: path.clone(),
+                    source,
+                })?;
+                listener.set_nonblocking(true)?;
+                paths.push(path);
+                ends.push(End {
+                    listener,
+                    conn: None,
+                });
+            }
+            chans.push(Chan {
+                shm: spec.shm,
+                ends,
+            });
+        }
+        let (stop_r, stop_w) = pipe()?;
+        let mut server = Server {
+            chans,
+            events,
+            stop: stop_r,
+        };
+        let thread = std::thread::Builder::new()
+            .name("doorbells".into())
+            .spawn(move || server.run())?;
+        Ok(Self {
+            stop: Some(stop_w),
+            thread: Some(thread),
+            paths,
+        })
+    }
+
+    /// Stops serving (QEMUs keep the fds they already have) and removes the sockets.
+    pub fn stop(&mut self) {
+        // Closing the write end wakes the poll loop with POLLHUP.
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for p in self.paths.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for DoorbellServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct End {
+    listener: UnixListener,
+    conn: Option<Conn>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    eventfds: Vec<OwnedFd>,
+}
+
+struct Chan {
+    shm: File,
+    ends: Vec<End>,
+}
+
+struct Server {
+    chans: Vec<Chan>,
+    events: mpsc::Sender<Event>,
+    stop: OwnedFd,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Stop,
+    Listener(usize, usize),
+    Conn(usize, usize),
+}
+
+impl Server {
+    fn run(&mut self) {
+        loop {
+            let mut fds = vec![pollfd(self.stop.as_raw_fd())];
+            let mut sources = vec![Source::Stop];
+            for (c, ch) in self.chans.iter().enumerate() {
+                for (e, end) in ch.ends.iter().enumerate() {
+                    fds.push(pollfd(end.listener.as_raw_fd()));
+                    sources.push(Source::Listener(c, e));
+                    if let Some(conn) = &end.conn {
+                        fds.push(pollfd(conn.stream.as_raw_fd()));
+                        sources.push(Source::Conn(c, e));
+                    }
+                }
+            }
+            // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            for (pfd, src) in fds.iter().zip(sources) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match src {
+                    Source::Stop => return,
+                    Source::Listener(c, e) => self.accept(c, e),
+                    Source::Conn(c, e) => self.readable(c, e),
+                }
+            }
+        }
+    }
+
+    fn emit(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+
+    fn accept(&mut self, c: usize, e: usize) {
+        let Ok((stream, _)) = self.chans[c].ends[e].listener.accept() else {
+            return;
+        };
+        if self.chans[c].ends[e].conn.is_some() {
+            // One VM per end: refuse (closing the stream makes QEMU fail to start).
+            drop(stream);
+            self.emit(Event::Refused {
+                channel: c,
+                peer: e,
+            });
+            return;
+        }
+        match self.handshake(c, e, stream) {
+            Ok(conn) => {
+                self.chans[c].ends[e].conn = Some(conn);
+                self.emit(Event::Connected {
+                    channel: c,
+                    peer: e,
+                });
+            }
+            Err(_) => self.disconnect(c, e),
+        }
+    }
+
+    fn handshake(&mut self, c: usize, e: usize, stream: UnixStream) -> io::Result<Conn> {
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        let eventfds = (0..VECTORS)
+            .map(|_| eventfd())
+            .collect::<io::Result<Vec<_>>>()?;
+        let id = e as i64;
+        let s = stream.as_raw_fd();
+        send_msg(s, PROTOCOL_VERSION, None)?;
+        send_msg(s, id, None)?;
+        send_msg(s, -1, Some(self.chans[c].shm.as_raw_fd()))?;
+        for (p, end) in self.chans[c].ends.iter().enumerate() {
+            let Some(peer) = &end.conn else { continue };
+            for fd in &eventfds {
+                // A peer that cannot be told will be dropped when it hangs up.
+                let _ = send_msg(peer.stream.as_raw_fd(), id, Some(fd.as_raw_fd()));
+            }
+            for fd in &peer.eventfds {
+                send_msg(s, p as i64, Some(fd.as_raw_fd()))?;
+            }
+        }
+        for fd in &eventfds {
+            send_msg(s, id, Some(fd.as_raw_fd()))?;
+        }
+        Ok(Conn { stream, eventfds })
+    }
+
+    fn readable(&mut self, c: usize, e: usize) {
+        let Some(conn) = &mut self.chans[c].ends[e].conn else {
+            return;
+        };
+        let mut buf = [0u8; 64];
+        conn.stream.set_nonblocking(true).ok();
+        match conn.stream.read(&mut buf) {
+            // Clients send nothing; discard anything they do send.
+            Ok(n) if n > 0 => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            _ => {
+                self.chans[c].ends[e].conn = None;
+                self.disconnect(c, e);
+                self.emit(Event::Disconnected {
+                    channel: c,
+                    peer: e,
+                });
+            }
+        }
+    }
+
+    /// Tells every other peer of channel `c` that `e` is gone.
+    fn disconnect(&mut self, c: usize, e: usize) {
+        for (p, end) in self.chans[c].ends.iter().enumerate() {
+            if let Some(peer) = end.conn.as_ref().filter(|_| p != e) {
+                // A peer that cannot be told is gone too: poll sees its hang-up.
+                let _ = send_msg(peer.stream.as_raw_fd(), e as i64, None);
+            }
+        }
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A fresh non-blocking eventfd.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: eventfd succeeded: `fd` is a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+const CMSG_BUF: usize = 64;
+
+/// Sends one protocol message: `value`, with `fd` attached if given.
+pub fn send_msg(sock: RawFd, value: i64, fd: Option<RawFd>) -> io::Result<()> {
+    let bytes = value.to_le_bytes();
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = [0u64; CMSG_BUF / 8];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) } as _;
+        // SAFETY: msg_control points at `cbuf` (64 aligned bytes), larger than
+        // CMSG_SPACE(int) = 24, so the first header and its data lie inside it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        }
+    }
+    loop {
+        // SAFETY: `msg` and everything it points to (iov, bytes, cbuf) live across the call.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n == bytes.len() as isize {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(if n < 0 {
+            err
+        } else {
+            io::ErrorKind::WriteZero.into()
+        });
+    }
+}
+
+/// Receives one protocol message (the client side, for tests and tools): the value
+/// and the fd attached to it, if any. `Ok(None)` at end of stream.
+pub fn recv_msg(sock: RawFd) -> io::Result<Option<(i64, Option<OwnedFd>)>> {
+    let mut bytes = [0u8; 8];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut cbuf = [0u64; CMSG_BUF / 8];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = CMSG_BUF as _;
+    let n = loop {
+        // SAFETY: `msg` points at `bytes` and `cbuf`, both live and writable.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    if n != 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short ivshmem message",
+        ));
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `cbuf` up to msg_controllen; CMSG_FIRSTHDR/NXTHDR
+    // stay within it, and an SCM_RIGHTS header carries at least one int.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some((i64::from_le_bytes(bytes), fd)))
+}
+
+#[cfg(test)]
+mod tests;
