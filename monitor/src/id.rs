@@ -28,13 +28,19 @@ impl PartitionId {
 
     /// Unpacks an id packed by [`PartitionId::to_u32`].
     pub const fn from_u32(word: u32) -> Self {
-        Self { index: word as u16, generation: (word >> 16) as u16 }
+        Self {
+            index: word as u16,
+            generation: (word >> 16) as u16,
+        }
     }
 
     /// The id of the next incarnation, or `None` once the generations are used up
     /// (generations never wrap, so they never collide).
     pub fn next(self) -> Option<Self> {
-        Some(Self { index: self.index, generation: self.generation.checked_add(1)? })
+        Some(Self {
+            index: self.index,
+            generation: self.generation.checked_add(1)?,
+        })
     }
 }
 

@@ -299,21 +299,36 @@ impl RightsBuilder {
     pub fn build(&self) -> Result<RightsTable, RightsError> {
         let mut table = RightsTable::default();
         if self.partitions.len() > MAX_PARTITIONS {
-            return Err(RightsError::TooMany { what: "partitions", max: MAX_PARTITIONS });
+            return Err(RightsError::TooMany {
+                what: "partitions",
+                max: MAX_PARTITIONS,
+            });
         }
         for (index, (name, policy)) in self.partitions.iter().enumerate() {
             let (name, policy) = (name.clone(), *policy);
-            table.partitions.push(Partition { index: index as u16, name, generation: 0, policy });
+            table.partitions.push(Partition {
+                index: index as u16,
+                name,
+                generation: 0,
+                policy,
+            });
         }
         if self.groups.len() > MAX_GROUPS {
-            return Err(RightsError::TooMany { what: "groups", max: MAX_GROUPS });
+            return Err(RightsError::TooMany {
+                what: "groups",
+                max: MAX_GROUPS,
+            });
         }
         for (index, (name, members)) in self.groups.iter().enumerate() {
             let mut mask = 0;
             for member in members {
                 mask |= 1 << table.lookup(member, "group member")?;
             }
-            table.groups.push(Group { index: index as u16, name: name.clone(), members: mask });
+            table.groups.push(Group {
+                index: index as u16,
+                name: name.clone(),
+                members: mask,
+            });
         }
         for (from, to, rights) in &self.grants {
             let senders = table.resolve(from, "edge source")?;
@@ -329,14 +344,25 @@ impl RightsBuilder {
                         return Err(RightsError::DuplicateEdge { from, to });
                     }
                     if table.edges.len() == MAX_EDGES {
-                        return Err(RightsError::TooMany { what: "edges", max: MAX_EDGES });
+                        return Err(RightsError::TooMany {
+                            what: "edges",
+                            max: MAX_EDGES,
+                        });
                     }
                     let id = EdgeId(table.edges.len() as u16);
-                    table.edges.push(Edge { id, from: f, to: t, rights: *rights });
+                    table.edges.push(Edge {
+                        id,
+                        from: f,
+                        to: t,
+                        rights: *rights,
+                    });
                 }
             }
             if table.edges.len() == before {
-                return Err(RightsError::EmptyGrant { from: from.clone(), to: to.clone() });
+                return Err(RightsError::EmptyGrant {
+                    from: from.clone(),
+                    to: to.clone(),
+                });
             }
         }
         for name in &self.no_nonblocking {
@@ -361,7 +387,8 @@ pub(crate) fn valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= MAX_NAME
         && b[0].is_ascii_lowercase()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
 }
 
 /// The rights of a whole system, or one partition's view of them.
@@ -414,7 +441,10 @@ impl RightsTable {
 
     /// Index of the partition named `name`.
     pub fn index_of(&self, name: &str) -> Option<u16> {
-        self.partitions.iter().find(|p| p.name == name).map(|p| p.index)
+        self.partitions
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.index)
     }
 
     /// The rights check: may `from` send `tag` to `to`, blocking or not? Returns the edge
@@ -427,10 +457,8 @@ impl RightsTable {
         nonblocking: bool,
     ) -> Result<EdgeId, Denied> {
         let edge = self.edge(from, to).ok_or(Denied::NoEdge)?;
-        if let Some(range) = edge.rights.tags {
-            if tag < range.lo || tag > range.hi {
-                return Err(Denied::TagOutOfRange);
-            }
+        if edge.rights.tags.is_some_and(|r| tag < r.lo || tag > r.hi) {
+            return Err(Denied::TagOutOfRange);
         }
         if nonblocking && !edge.rights.nonblocking {
             return Err(Denied::NonBlockingForbidden);
@@ -441,15 +469,24 @@ impl RightsTable {
     /// What partition `index` may learn: itself, its peers, its groups, its edges.
     pub fn view(&self, index: u16) -> Option<RightsTable> {
         self.partition(index)?;
-        let edges: Vec<Edge> =
-            self.edges.iter().filter(|e| e.from == index || e.to == index).copied().collect();
+        let edges: Vec<Edge> = self
+            .edges
+            .iter()
+            .filter(|e| e.from == index || e.to == index)
+            .copied()
+            .collect();
         let known = |p: &&Partition| {
             p.index == index || edges.iter().any(|e| e.from == p.index || e.to == p.index)
         };
         Some(RightsTable {
             viewer: Some(index),
             partitions: self.partitions.iter().filter(known).cloned().collect(),
-            groups: self.groups.iter().filter(|g| g.members & (1 << index) != 0).cloned().collect(),
+            groups: self
+                .groups
+                .iter()
+                .filter(|g| g.members & (1 << index) != 0)
+                .cloned()
+                .collect(),
             edges,
         })
     }
@@ -462,12 +499,14 @@ impl RightsTable {
     }
 
     fn name(&self, index: u16) -> String {
-        self.partition(index).map_or_else(|| alloc::format!("#{index}"), |p| p.name.clone())
+        self.partition(index)
+            .map_or_else(|| alloc::format!("#{index}"), |p| p.name.clone())
     }
 
     fn lookup(&self, name: &str, role: &'static str) -> Result<u16, RightsError> {
         let name = name.to_string();
-        self.index_of(&name).ok_or(RightsError::UnknownName { name, role })
+        self.index_of(&name)
+            .ok_or(RightsError::UnknownName { name, role })
     }
 
     /// A partition's bit, or a group's members.
@@ -494,16 +533,25 @@ impl RightsTable {
         for (i, p) in self.partitions.iter().enumerate() {
             let sorted = i == 0 || self.partitions[i - 1].index < p.index;
             if p.index as usize >= MAX_PARTITIONS || !sorted {
-                return Err(UnknownIndex { index: p.index, role: "partition" });
+                return Err(UnknownIndex {
+                    index: p.index,
+                    role: "partition",
+                });
             }
             known |= 1 << p.index;
             let name = p.name.clone();
             match p.policy {
                 Policy::Restart { limit: 0 } => {
-                    return Err(BadPolicy { name, why: "restart limit 0: say stop" });
+                    return Err(BadPolicy {
+                        name,
+                        why: "restart limit 0: say stop",
+                    });
                 }
                 Policy::Restart { limit } if limit > MAX_RESTART_LIMIT => {
-                    return Err(BadPolicy { name, why: "restart limit beyond 65535 generations" });
+                    return Err(BadPolicy {
+                        name,
+                        why: "restart limit beyond 65535 generations",
+                    });
                 }
                 _ => {}
             }
@@ -518,23 +566,36 @@ impl RightsTable {
             }
             names.push(name);
         }
-        if let Some(viewer) = self.viewer {
-            if known & (1 << (viewer % 64)) == 0 || viewer as usize >= MAX_PARTITIONS {
-                return Err(UnknownIndex { index: viewer, role: "viewer" });
-            }
+        if let Some(index) = self.viewer.filter(|&v| v >= 64 || known & (1 << v) == 0) {
+            return Err(UnknownIndex {
+                index,
+                role: "viewer",
+            });
         }
         for (i, g) in self.groups.iter().enumerate() {
             if g.index as usize >= MAX_GROUPS || self.groups[..i].iter().any(|o| o.index == g.index)
             {
-                return Err(BadGroup { name: g.name.clone(), why: "index out of range or reused" });
+                return Err(BadGroup {
+                    name: g.name.clone(),
+                    why: "index out of range or reused",
+                });
             }
             // A view knows a group's members by index only, not every member's name.
-            let outside = if self.viewer.is_some() { 0 } else { g.members & !known };
+            let outside = if self.viewer.is_some() {
+                0
+            } else {
+                g.members & !known
+            };
             if g.members == 0 || outside != 0 {
                 let index = outside.trailing_zeros() as u16;
                 return Err(match outside {
-                    0 => EmptyGroup { name: g.name.clone() },
-                    _ => UnknownIndex { index, role: "group member" },
+                    0 => EmptyGroup {
+                        name: g.name.clone(),
+                    },
+                    _ => UnknownIndex {
+                        index,
+                        role: "group member",
+                    },
                 });
             }
         }
@@ -548,17 +609,29 @@ impl RightsTable {
             if e.from == e.to {
                 return Err(SelfEdge { name: from });
             }
-            if self.edges[..i].iter().any(|o| o.from == e.from && o.to == e.to) {
+            if self.edges[..i]
+                .iter()
+                .any(|o| o.from == e.from && o.to == e.to)
+            {
                 return Err(DuplicateEdge { from, to });
             }
             if self.edges[..i].iter().any(|o| o.id == e.id) {
-                return Err(BadEdge { id: e.id, why: "id used twice" });
+                return Err(BadEdge {
+                    id: e.id,
+                    why: "id used twice",
+                });
             }
             if e.id.0 as usize >= MAX_EDGES {
-                return Err(BadEdge { id: e.id, why: "id out of range" });
+                return Err(BadEdge {
+                    id: e.id,
+                    why: "id out of range",
+                });
             }
             if self.viewer.is_some_and(|v| v != e.from && v != e.to) {
-                return Err(BadEdge { id: e.id, why: "not the viewer's edge" });
+                return Err(BadEdge {
+                    id: e.id,
+                    why: "not the viewer's edge",
+                });
             }
             let q = e.rights.quota;
             let fields = [
@@ -591,7 +664,11 @@ impl fmt::Display for RightsTable {
                 Policy::Stop => String::from("stop"),
                 Policy::Restart { limit } => alloc::format!("restart (limit {limit})"),
             };
-            writeln!(f, "  {:>2} {:<16} gen {:<3} on failure: {policy}", p.index, p.name, p.generation)?;
+            writeln!(
+                f,
+                "  {:>2} {:<16} gen {:<3} on failure: {policy}",
+                p.index, p.name, p.generation
+            )?;
         }
         writeln!(f, "groups:")?;
         for g in &self.groups {
@@ -607,7 +684,11 @@ impl fmt::Display for RightsTable {
                 Some(t) => write!(f, "tags {}..={}", t.lo, t.hi)?,
                 None => write!(f, "any tag")?,
             }
-            let nb = if r.nonblocking { "isend ok" } else { "blocking only" };
+            let nb = if r.nonblocking {
+                "isend ok"
+            } else {
+                "blocking only"
+            };
             writeln!(
                 f,
                 ", {nb}, {} msg/s (burst {}), {} B/s (burst {})",

@@ -158,7 +158,9 @@ impl core::error::Error for DecodeError {}
 
 /// FNV-1a, 32 bits.
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn encode_name(name: &str) -> [u8; MAX_NAME] {
@@ -250,7 +252,10 @@ impl RightsTable {
     /// Decodes a published image. Bytes after `total_len` are ignored (the shared region
     /// may be larger). Never panics: anything but a valid table is an error.
     pub fn decode(bytes: &[u8]) -> Result<RightsTable, DecodeError> {
-        let short = |need| DecodeError::Short { need, got: bytes.len() };
+        let short = |need| DecodeError::Short {
+            need,
+            got: bytes.len(),
+        };
         let (h, _) = Header::read_from_prefix(bytes).map_err(|_| short(HEADER_LEN))?;
         if h.magic.get() != RIGHTS_MAGIC {
             return Err(DecodeError::BadMagic(h.magic.get()));
@@ -261,8 +266,11 @@ impl RightsTable {
         if h.reserved0.get() != 0 || h.reserved1 != [0; 8] {
             return Err(DecodeError::NonZero { offset: 0 });
         }
-        let (np, ng, ne) =
-            (h.partitions.get() as usize, h.groups.get() as usize, h.edges.get() as usize);
+        let (np, ng, ne) = (
+            h.partitions.get() as usize,
+            h.groups.get() as usize,
+            h.edges.get() as usize,
+        );
         let total = HEADER_LEN + RECORD_LEN * (np + ng + ne);
         if np > MAX_PARTITIONS || ng > MAX_GROUPS || ne > MAX_EDGES {
             return Err(DecodeError::BadCount);
@@ -275,7 +283,11 @@ impl RightsTable {
             return Err(DecodeError::BadChecksum);
         }
         let mut records = body.chunks_exact(RECORD_LEN).enumerate();
-        let mut next = || records.next().map(|(i, r)| (HEADER_LEN + i * RECORD_LEN, r));
+        let mut next = || {
+            records
+                .next()
+                .map(|(i, r)| (HEADER_LEN + i * RECORD_LEN, r))
+        };
         let mut table = RightsTable {
             viewer: Some(h.viewer.get()).filter(|&v| v != FULL_TABLE),
             ..RightsTable::default()
@@ -303,7 +315,11 @@ impl RightsTable {
                 return Err(DecodeError::NonZero { offset });
             }
             let name = decode_name(&rec.name, offset)?;
-            table.groups.push(Group { index: rec.index.get(), name, members: rec.members.get() });
+            table.groups.push(Group {
+                index: rec.index.get(),
+                name,
+                members: rec.members.get(),
+            });
         }
         for (offset, raw) in (0..ne).filter_map(|_| next()) {
             let rec = EdgeRec::read_from_bytes(raw).map_err(|_| short(total))?;
@@ -311,7 +327,10 @@ impl RightsTable {
             if flags & !(FLAG_TAGS | FLAG_NONBLOCKING) != 0 {
                 return Err(DecodeError::BadFlags { offset });
             }
-            let tags = TagRange { lo: rec.tag_lo.get(), hi: rec.tag_hi.get() };
+            let tags = TagRange {
+                lo: rec.tag_lo.get(),
+                hi: rec.tag_hi.get(),
+            };
             if flags & FLAG_TAGS == 0 && (tags.lo != 0 || tags.hi != 0) {
                 return Err(DecodeError::NonZero { offset });
             }
@@ -327,7 +346,12 @@ impl RightsTable {
                 quota,
             };
             let (id, from, to) = (EdgeId(rec.id.get()), rec.from.get(), rec.to.get());
-            table.edges.push(Edge { id, from, to, rights });
+            table.edges.push(Edge {
+                id,
+                from,
+                to,
+                rights,
+            });
         }
         table.validate().map_err(DecodeError::Invalid)?;
         Ok(table)
