@@ -330,6 +330,7 @@ impl RightsBuilder {
                 members: mask,
             });
         }
+        table.check_names()?;
         for (from, to, rights) in &self.grants {
             let senders = table.resolve(from, "edge source")?;
             let receivers = table.resolve(to, "edge destination")?;
@@ -517,6 +518,23 @@ impl RightsTable {
         Ok(1 << self.lookup(name, role)?)
     }
 
+    /// Names are valid and unique across partitions and groups.
+    fn check_names(&self) -> Result<(), RightsError> {
+        use RightsError::*;
+        let mut names: Vec<&str> = Vec::new();
+        let named = self.partitions.iter().map(|p| &p.name);
+        for name in named.chain(self.groups.iter().map(|g| &g.name)) {
+            if !valid_name(name) {
+                return Err(BadName { name: name.clone() });
+            }
+            if names.contains(&name.as_str()) {
+                return Err(DuplicateName { name: name.clone() });
+            }
+            names.push(name);
+        }
+        Ok(())
+    }
+
     /// Checks every invariant; used by the builder and by the decoder.
     pub(crate) fn validate(&self) -> Result<(), RightsError> {
         use RightsError::*;
@@ -528,7 +546,6 @@ impl RightsTable {
         if let Some(&(what, _, max)) = limits.iter().find(|(_, n, max)| n > max) {
             return Err(TooMany { what, max });
         }
-        let mut names: Vec<&str> = Vec::new();
         let mut known: u64 = 0;
         for (i, p) in self.partitions.iter().enumerate() {
             let sorted = i == 0 || self.partitions[i - 1].index < p.index;
@@ -556,16 +573,7 @@ impl RightsTable {
                 _ => {}
             }
         }
-        let named = self.partitions.iter().map(|p| &p.name);
-        for name in named.chain(self.groups.iter().map(|g| &g.name)) {
-            if !valid_name(name) {
-                return Err(BadName { name: name.clone() });
-            }
-            if names.contains(&name.as_str()) {
-                return Err(DuplicateName { name: name.clone() });
-            }
-            names.push(name);
-        }
+        self.check_names()?;
         if let Some(index) = self.viewer.filter(|&v| v >= 64 || known & (1 << v) == 0) {
             return Err(UnknownIndex {
                 index,
