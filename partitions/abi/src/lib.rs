@@ -1,0 +1,178 @@
+//! The contract between a vmpi partition and whoever launched it.
+//!
+//! This crate has no dependencies and builds for the host as well as for
+//! `x86_64-unknown-none`, so the host launcher can interpret exit statuses.
+//!
+//! # Exit statuses
+//!
+//! A partition ends by writing a status `v` (0..=127) to QEMU's `isa-debug-exit`
+//! device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`); QEMU then exits with
+//! process status `2*v + 1` ([`from_qemu_exit_code`] undoes that). Under uhyve the
+//! status goes through the exit hypercall and is uhyve's process status as it is.
+//! A QEMU status of 0 means the guest did not report at all (a triple fault with
+//! `-no-reboot`, or QEMU was killed): the runtime never does that on purpose.
+//!
+//! | `v` | meaning |
+//! |---|---|
+//! | 0..=99 | the service's own status (`rt::exit`, or the return value of its `main`) |
+//! | 100 | [`exit::SERVICE_PANIC`]: the service panicked |
+//! | 101 | [`exit::SERVICE_PAGE_FAULT`] |
+//! | 102 | [`exit::SERVICE_GP_FAULT`]: general protection fault |
+//! | 103 | [`exit::SERVICE_INVALID_OPCODE`] (also `ud2`/`abort`) |
+//! | 104 | [`exit::SERVICE_EXCEPTION`]: any other CPU exception in the service |
+//! | 105 | [`exit::SERVICE_BAD_SYSCALL`]: unknown call or bad argument |
+//! | 106 | [`exit::SERVICE_STACK_OVERFLOW`]: a page fault in the stack guard |
+//! | 110 | [`exit::RUNTIME_FAULT`]: a CPU exception in the runtime (CPL 0) |
+//! | 111 | [`exit::RUNTIME_PANIC`]: the runtime panicked |
+//! | 112 | [`exit::BAD_COMMAND_LINE`]: malformed `-append` |
+//! | 113 | [`exit::TOO_LITTLE_MEMORY`] |
+//! | 114 | [`exit::MISSING_DEVICE`]: a device the command line requires is absent |
+//! | 115 | [`exit::BAD_PCI_LAYOUT`]: unexpected PCI layout (BAR, window, capability) |
+//! | 116 | [`exit::BAD_BOOT_INFO`]: the loader handed over nothing usable |
+//! | 117 | [`exit::DOUBLE_FAULT`] |
+//!
+//! # System calls
+//!
+//! The service at CPL 3 enters the runtime with `int3` (the `syscall` instruction
+//! does not reach CPL 0 under `kvm_pvm`; `int3` through a DPL-3 gate works there,
+//! under hardware KVM and under TCG). `rax` holds the number ([`sys`]), `rdi`,
+//! `rsi`, `rdx` the arguments, `rax` the result. A trap costs 55-90 µs under
+//! `kvm_pvm`: keep system calls off any data path.
+//!
+//! # Command line
+//!
+//! `-append` is space-separated `key=value` pairs. Every pair is handed to the
+//! service; the runtime itself consumes the keys in [`key`].
+#![no_std]
+#![deny(missing_docs)]
+
+/// Exit statuses (the value written to `isa-debug-exit`, see the crate docs).
+pub mod exit {
+    /// The service finished successfully.
+    pub const SUCCESS: u8 = 0;
+    /// Largest status a service may choose itself.
+    pub const SERVICE_MAX: u8 = 99;
+    /// The service panicked.
+    pub const SERVICE_PANIC: u8 = 100;
+    /// The service touched memory it may not (page fault at CPL 3).
+    pub const SERVICE_PAGE_FAULT: u8 = 101;
+    /// General protection fault at CPL 3.
+    pub const SERVICE_GP_FAULT: u8 = 102;
+    /// Invalid opcode at CPL 3 (`ud2`, `core::intrinsics::abort`).
+    pub const SERVICE_INVALID_OPCODE: u8 = 103;
+    /// Any other CPU exception at CPL 3 (divide error, alignment check, ...).
+    pub const SERVICE_EXCEPTION: u8 = 104;
+    /// Unknown system call number or a bad argument to one.
+    pub const SERVICE_BAD_SYSCALL: u8 = 105;
+    /// The service ran off the end of its stack (page fault in the guard).
+    pub const SERVICE_STACK_OVERFLOW: u8 = 106;
+    /// A CPU exception in the runtime itself (CPL 0).
+    pub const RUNTIME_FAULT: u8 = 110;
+    /// The runtime panicked.
+    pub const RUNTIME_PANIC: u8 = 111;
+    /// The command line is malformed.
+    pub const BAD_COMMAND_LINE: u8 = 112;
+    /// The partition was given too little memory.
+    pub const TOO_LITTLE_MEMORY: u8 = 113;
+    /// A device the command line requires (see [`crate::key`]) is absent.
+    pub const MISSING_DEVICE: u8 = 114;
+    /// The PCI bus looks unlike anything the runtime handles.
+    pub const BAD_PCI_LAYOUT: u8 = 115;
+    /// The boot loader handed over no usable boot information.
+    pub const BAD_BOOT_INFO: u8 = 116;
+    /// Double fault (a fault while handling a fault).
+    pub const DOUBLE_FAULT: u8 = 117;
+
+    /// A short name for a status, for logs and error messages.
+    pub fn describe(v: u8) -> &'static str {
+        match v {
+            SUCCESS => "success",
+            1..=SERVICE_MAX => "service status",
+            SERVICE_PANIC => "service panicked",
+            SERVICE_PAGE_FAULT => "service page fault",
+            SERVICE_GP_FAULT => "service general protection fault",
+            SERVICE_INVALID_OPCODE => "service invalid opcode",
+            SERVICE_EXCEPTION => "service CPU exception",
+            SERVICE_BAD_SYSCALL => "service made a bad system call",
+            SERVICE_STACK_OVERFLOW => "service stack overflow",
+            RUNTIME_FAULT => "runtime CPU exception",
+            RUNTIME_PANIC => "runtime panicked",
+            BAD_COMMAND_LINE => "malformed command line",
+            TOO_LITTLE_MEMORY => "too little memory",
+            MISSING_DEVICE => "missing device",
+            BAD_PCI_LAYOUT => "unexpected PCI layout",
+            BAD_BOOT_INFO => "no usable boot information",
+            DOUBLE_FAULT => "double fault",
+            _ => "unknown status",
+        }
+    }
+}
+
+/// Turns QEMU's process exit code into the partition's status `v`.
+///
+/// Returns `None` when the code cannot come from `isa-debug-exit` (even codes:
+/// QEMU ended without the guest reporting, e.g. a triple fault or a kill).
+pub fn from_qemu_exit_code(code: i32) -> Option<u8> {
+    if (1..=255).contains(&code) && code % 2 == 1 {
+        Some(((code - 1) / 2) as u8)
+    } else {
+        None
+    }
+}
+
+/// System call numbers (in `rax`, entered with `int3` from CPL 3).
+pub mod sys {
+    /// Write `rsi` bytes of UTF-8 at `rdi` to the console as one log line.
+    pub const LOG: u64 = 1;
+    /// End the partition with status `rdi` (0..=99).
+    pub const EXIT: u64 = 2;
+    /// Give up the CPU briefly (lets pending interrupts in); returns 0.
+    pub const YIELD: u64 = 3;
+    /// Block until a doorbell interrupt or until the monotonic time `rdi` (ns;
+    /// `u64::MAX` = no deadline). Returns the bit mask of doorbell vectors that
+    /// rang (bit `v` for vector `v`), or 0 when the deadline passed.
+    pub const WAIT: u64 = 4;
+    /// Report a panic: message at `rdi`, length `rsi`; ends the partition with
+    /// [`crate::exit::SERVICE_PANIC`].
+    pub const PANIC: u64 = 5;
+}
+
+/// Command-line keys the runtime consumes (all pairs still reach the service).
+pub mod key {
+    /// TSC frequency in kHz (u64, decimal). Calibrated against the PIT if absent.
+    pub const TSC_KHZ: &str = "tsc_khz";
+    /// Physical address of the PCI ECAM window (hex with `0x`, or decimal), for
+    /// machines without ACPI MCFG or port 0xCF8. Default: probe 0xCF8, then
+    /// 0xe0000000 (`microvm,pcie=on`).
+    pub const PCI_ECAM: &str = "pci_ecam";
+    /// The number of ivshmem devices the service needs; fewer found ends the
+    /// partition with [`crate::exit::MISSING_DEVICE`]. Default 0.
+    pub const NEED_SHM: &str = "need_shm";
+    /// `1` to require at least one ivshmem-doorbell device (with MSI-X).
+    pub const NEED_DOORBELL: &str = "need_doorbell";
+    /// `1` to run the virtio-blk smoke test on the first virtio-blk device.
+    pub const VIRTIO_BLK_TEST: &str = "virtio_blk_test";
+}
+
+/// Most `key=value` pairs the command line may hold.
+pub const MAX_ARGS: usize = 32;
+/// Longest command line the runtime accepts, in bytes.
+pub const MAX_CMDLINE: usize = 2048;
+/// Most ivshmem regions the runtime maps.
+pub const MAX_SHM: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_codes_round_trip() {
+        for v in 0..=127u8 {
+            assert_eq!(from_qemu_exit_code(2 * i32::from(v) + 1), Some(v));
+        }
+        assert_eq!(from_qemu_exit_code(0), None);
+        assert_eq!(from_qemu_exit_code(2), None);
+        assert_eq!(from_qemu_exit_code(-1), None);
+        assert_eq!(exit::describe(exit::SERVICE_PAGE_FAULT), "service page fault");
+    }
+}

@@ -1,0 +1,72 @@
+//! Local APIC: software enable, one-shot timer for deadlines, end of interrupt,
+//! and the blocking wait behind the `WAIT` system call.
+
+use crate::arch::rdtsc;
+use crate::state::{K, SPURIOUS_VECTOR, TIMER_VECTOR};
+use core::arch::asm;
+
+/// Physical (and virtual) address of the xAPIC registers.
+pub(crate) const LAPIC_BASE: u64 = 0xfee0_0000;
+
+fn reg(off: u64) -> *mut u32 {
+    // Through a register: an absolute 32-bit operand would be sign-extended.
+    (LAPIC_BASE + off) as *mut u32
+}
+
+fn write(off: u64, v: u32) {
+    // SAFETY: the LAPIC page is mapped supervisor-only and uncached at boot
+    // (before `K.lapic` is set, which guards every caller).
+    unsafe { reg(off).write_volatile(v) }
+}
+
+/// Software-enables the LAPIC and masks its timer. Needs the LAPIC page mapped.
+pub(crate) fn init() {
+    write(0xf0, 0x100 | u32::from(SPURIOUS_VECTOR));
+    write(0x3e0, 0b0011); // timer divide by 16
+    write(0x320, 1 << 16); // timer masked
+    // SAFETY: CPL 0, interrupts off.
+    unsafe { K.get() }.lapic = true;
+}
+
+/// Signals end of interrupt.
+pub(crate) fn eoi() {
+    // SAFETY: CPL 0, interrupts off.
+    if unsafe { K.get() }.lapic {
+        write(0xb0, 0);
+    }
+}
+
+/// Blocks until a doorbell rang or the TSC reaches `deadline` (`u64::MAX`: no
+/// deadline). Returns the doorbell bit mask, 0 on deadline.
+pub(crate) fn wait(deadline: u64) -> u32 {
+    // SAFETY: CPL 0 with interrupts off except inside `sti; hlt`, where only the
+    // interrupt handlers run; they touch `pending`/`timer_fired` alone.
+    let k = unsafe { K.get() };
+    loop {
+        let p = k.pending;
+        if p != 0 {
+            k.pending = 0;
+            return p;
+        }
+        let now = rdtsc();
+        if now >= deadline {
+            return 0;
+        }
+        if !k.lapic {
+            // No interrupt controller (uhyve): poll the clock.
+            core::hint::spin_loop();
+            continue;
+        }
+        if deadline != u64::MAX && k.tsc_khz != 0 {
+            let ns = u128::from(deadline - now) * 1_000_000 / u128::from(k.tsc_khz);
+            let count = (ns / 16).clamp(1, u128::from(u32::MAX)) as u32;
+            k.timer_fired = false;
+            write(0x320, u32::from(TIMER_VECTOR));
+            write(0x380, count);
+        }
+        // SAFETY: `sti; hlt` sleeps until the next interrupt; sti's shadow makes
+        // the pair atomic, so no interrupt is lost in between.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        write(0x380, 0);
+    }
+}
