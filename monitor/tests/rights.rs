@@ -122,7 +122,8 @@ fn unknown_names_are_rejected_by_name() {
 
 #[test]
 fn zero_quotas_are_rejected_naming_the_field() {
-    let fields: [(&str, fn(&mut Quota)); 4] = [
+    type Zero = fn(&mut Quota);
+    let fields: [(&str, Zero); 4] = [
         ("msgs_per_s", |q| q.msgs_per_s = 0),
         ("bytes_per_s", |q| q.bytes_per_s = 0),
         ("burst_msgs", |q| q.burst_msgs = 0),
