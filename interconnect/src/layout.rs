@@ -1,0 +1,418 @@
+//! The channel format: the one place that defines what lies where in a channel region.
+//!
+//! ```text
+//!  offset 0 ┌──────────────────────────────────────────────┐
+//!           │ Header   (64 B) magic, version, geometry,    │ written once by the
+//!           │                 world ranks of side 0 and 1  │ launcher (trusted)
+//!       64  ├──────────────────────────────────────────────┤
+//!           │ Control  (64 B) control word (OPEN/REVOKED), │ owned by the monitor
+//!           │                 liveness of side 0 and 1     │ / launcher
+//!      128  ├──────────────────────────────────────────────┤
+//!           │ Direction 0: side 0 → side 1                 │
+//!           │   +0    Producer line (64 B) data_head,      │ written by the sender
+//!           │                              malformed       │
+//!           │   +64   Consumer line (64 B) consumed,       │ written by the receiver
+//!           │                 data_tail, malformed         │
+//!           │   +128  Wake line (64 B) rx_waiting,         │ each flag by its waiter
+//!           │                          tx_waiting          │
+//!           │   +192  slots × Slot (64 B each)             │ ring of cache lines
+//!           │   +192+64·slots  data area (data_len bytes)  │ byte ring for big messages
+//!           ├──────────────────────────────────────────────┤
+//!           │ Direction 1: side 1 → side 0 (same layout)   │
+//!           └──────────────────────────────────────────────┘
+//!
+//!  Slot (one cache line):
+//!   0 seq u64 │ 8 tag u32 │ 12 ctx u32 │ 16 len u32 │ 20 kind u32 │ 24 payload [u8; 40]
+//!   kind INLINE: the whole message (len <= 40) in payload
+//!   kind FRAG:   payload = Frag { pos u64, chunk u32, offset u32 }: `chunk` bytes of the
+//!                message at `offset`, stored in the data area at byte position `pos`
+//!   kind ABORT:  the sender gave up on the fragmented message in progress
+//! ```
+//!
+//! Side 0 is the lower world rank. Message `i` of a direction (counting from 0) lives in
+//! slot `i mod slots` with `seq = i + 1`, written last with release ordering; the
+//! receiver accepts it only if `seq` is exactly `i + 1`. The slot sequence numbers are
+//! thus the producer's published message count: the monitor meters it (see
+//! [`Meter`]) and a sender that under-reports delivers nothing. Data-area positions are
+//! monotone byte counters (`pos mod data_len` is the offset); a fragment is contiguous,
+//! 64-byte aligned, and must lie below the published `data_head`.
+
+use crate::shm::Region;
+use crate::{Error, Rank};
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `b"VMPICHN1"` little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"VMPICHN1");
+/// Format version.
+pub const VERSION: u32 = 1;
+/// Cache-line size: every block and slot is one or more lines.
+pub const LINE: usize = 64;
+/// Largest message carried inline in one slot.
+pub const INLINE_MAX: usize = 40;
+/// Control word: channel open.
+pub const OPEN: u32 = 1;
+/// Control word: channel revoked by the monitor (any value but OPEN reads as revoked).
+pub const REVOKED: u32 = 2;
+/// Liveness word: side alive.
+pub const ALIVE: u32 = 1;
+/// Liveness word: side dead (set by the launcher or monitor).
+pub const DEAD: u32 = 2;
+/// Slot kind: whole message inline.
+pub const KIND_INLINE: u32 = 1;
+/// Slot kind: one fragment in the data area.
+pub const KIND_FRAG: u32 = 2;
+/// Slot kind: abort the fragmented message in progress.
+pub const KIND_ABORT: u32 = 3;
+
+/// Region header (launcher-written, read once by each side at attach).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct Header {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`VERSION`].
+    pub version: u32,
+    /// Slots per direction (power of two).
+    pub slots: u32,
+    /// Data-area bytes per direction (power of two).
+    pub data_len: u32,
+    /// Largest message either side accepts.
+    pub max_msg: u32,
+    /// World ranks of side 0 and side 1.
+    pub ranks: [u32; 2],
+    /// Reserved, zero.
+    pub reserved: [u32; 8],
+}
+
+/// Control block (monitor-owned).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct Control {
+    /// [`OPEN`] or [`REVOKED`].
+    pub control: u32,
+    /// Liveness of side 0 and 1 ([`ALIVE`] / [`DEAD`]).
+    pub alive: [u32; 2],
+    /// Reserved, zero.
+    pub reserved: [u32; 13],
+}
+
+/// Producer line of one direction (written by the sender).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct ProducerLine {
+    /// Bytes ever reserved in the data area (monotone position).
+    pub data_head: u64,
+    /// Malformed values the sender saw from the receiver.
+    pub malformed: u64,
+    /// Reserved.
+    pub reserved: [u64; 6],
+}
+
+/// Consumer line of one direction (written by the receiver).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct ConsumerLine {
+    /// Messages consumed (slots freed).
+    pub consumed: u64,
+    /// Data-area position consumed up to.
+    pub data_tail: u64,
+    /// Malformed messages the receiver rejected.
+    pub malformed: u64,
+    /// Reserved.
+    pub reserved: [u64; 5],
+}
+
+/// Wake line of one direction: "I am about to block, ring me".
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct WakeLine {
+    /// The receiver waits for a message.
+    pub rx_waiting: u32,
+    /// The sender waits for credit.
+    pub tx_waiting: u32,
+    /// Reserved.
+    pub reserved: [u32; 14],
+}
+
+/// One ring slot (one cache line).
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+pub struct Slot {
+    /// Message index + 1; written last (release).
+    pub seq: u64,
+    /// MPI tag.
+    pub tag: u32,
+    /// Communicator context id.
+    pub ctx: u32,
+    /// Total message length.
+    pub len: u32,
+    /// [`KIND_INLINE`], [`KIND_FRAG`] or [`KIND_ABORT`].
+    pub kind: u32,
+    /// Inline bytes, or a [`Frag`].
+    pub payload: [u8; INLINE_MAX],
+}
+
+/// Fragment descriptor in a FRAG slot's payload.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
+pub struct Frag {
+    /// Data-area position of the chunk.
+    pub pos: u64,
+    /// Chunk length.
+    pub chunk: u32,
+    /// Offset of the chunk within the message.
+    pub offset: u32,
+}
+
+const _: () = {
+    assert!(size_of::<Header>() == LINE && size_of::<Control>() == LINE);
+    assert!(size_of::<ProducerLine>() == LINE && size_of::<ConsumerLine>() == LINE);
+    assert!(size_of::<WakeLine>() == LINE && size_of::<Slot>() == LINE);
+    assert!(size_of::<Frag>() <= INLINE_MAX);
+};
+
+/// Offset of the control word.
+pub const CONTROL: usize = LINE + offset_of!(Control, control);
+/// Offset of side `s`'s liveness word.
+pub const fn alive_off(side: usize) -> usize {
+    LINE + offset_of!(Control, alive) + 4 * side
+}
+const DIRS: usize = 2 * LINE;
+const PROD: usize = 0;
+const CONS: usize = LINE;
+const WAKE: usize = 2 * LINE;
+const SLOTS: usize = 3 * LINE;
+/// Offset of a slot's seq word within the slot.
+pub const SEQ: usize = offset_of!(Slot, seq);
+/// Offset of the payload within a slot.
+pub const PAYLOAD: usize = offset_of!(Slot, payload);
+
+/// Size of one channel's rings (both directions get the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Slots per direction: a power of two, 2..=65536.
+    pub slots: u32,
+    /// Data-area bytes per direction: a power of two, 4 KiB..=1 GiB.
+    pub data_len: u32,
+    /// Largest message accepted: 1..=1 GiB.
+    pub max_msg: u32,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry {
+            slots: 256,
+            data_len: 512 << 10,
+            max_msg: 16 << 20,
+        }
+    }
+}
+
+impl Geometry {
+    /// Checks the geometry; the error names the offending value.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what, value: u32| Err(Error::config(what, value));
+        if !self.slots.is_power_of_two() || !(2..=65536).contains(&self.slots) {
+            return bad("ring slots (power of two, 2..=65536)", self.slots);
+        }
+        if !self.data_len.is_power_of_two() || !(4096..=1 << 30).contains(&self.data_len) {
+            return bad("data area bytes (power of two, 4096..=2^30)", self.data_len);
+        }
+        if !(1..=1 << 30).contains(&self.max_msg) {
+            return bad("max message bytes (1..=2^30)", self.max_msg);
+        }
+        Ok(())
+    }
+
+    /// Bytes of one direction.
+    pub fn dir_len(&self) -> usize {
+        SLOTS + LINE * self.slots as usize + self.data_len as usize
+    }
+
+    /// Bytes of the whole channel region.
+    pub fn region_len(&self) -> usize {
+        DIRS + 2 * self.dir_len()
+    }
+
+    /// Offsets of direction `d` (0: side 0 → side 1).
+    pub fn dir(&self, d: usize) -> Dir {
+        let base = DIRS + d * self.dir_len();
+        Dir {
+            prod: base + PROD,
+            cons: base + CONS,
+            wake: base + WAKE,
+            slots: base + SLOTS,
+            data: base + SLOTS + LINE * self.slots as usize,
+        }
+    }
+}
+
+/// Offsets of one direction's blocks within the region.
+#[derive(Clone, Copy, Debug)]
+pub struct Dir {
+    /// Producer line.
+    pub prod: usize,
+    /// Consumer line.
+    pub cons: usize,
+    /// Wake line.
+    pub wake: usize,
+    /// First slot.
+    pub slots: usize,
+    /// Data area.
+    pub data: usize,
+}
+
+impl Dir {
+    /// `data_head` in the producer line.
+    pub fn data_head(&self) -> usize {
+        self.prod + offset_of!(ProducerLine, data_head)
+    }
+    /// Sender's malformed counter.
+    pub fn tx_malformed(&self) -> usize {
+        self.prod + offset_of!(ProducerLine, malformed)
+    }
+    /// `consumed` in the consumer line.
+    pub fn consumed(&self) -> usize {
+        self.cons + offset_of!(ConsumerLine, consumed)
+    }
+    /// `data_tail` in the consumer line.
+    pub fn data_tail(&self) -> usize {
+        self.cons + offset_of!(ConsumerLine, data_tail)
+    }
+    /// Receiver's malformed counter.
+    pub fn rx_malformed(&self) -> usize {
+        self.cons + offset_of!(ConsumerLine, malformed)
+    }
+    /// Receiver's waiting flag.
+    pub fn rx_waiting(&self) -> usize {
+        self.wake + offset_of!(WakeLine, rx_waiting)
+    }
+    /// Sender's waiting flag.
+    pub fn tx_waiting(&self) -> usize {
+        self.wake + offset_of!(WakeLine, tx_waiting)
+    }
+}
+
+/// Initialises a channel region (the launcher's job): zeroes it, writes the header,
+/// opens the channel and marks both sides alive. `ranks` are the world ranks of side 0
+/// and side 1 (side 0 must be the lower).
+pub fn init(region: &Region, g: Geometry, ranks: [Rank; 2]) -> Result<(), Error> {
+    g.validate()?;
+    if ranks[0] >= ranks[1] {
+        return Err(Error::config(
+            "channel side 0 rank (must be < side 1)",
+            ranks[0],
+        ));
+    }
+    if region.len() < g.region_len() {
+        return Err(Error::config("channel region bytes", region.len() as u64));
+    }
+    let zero = [0u8; 4096];
+    let mut off = 0;
+    while off < g.region_len() {
+        let n = zero.len().min(g.region_len() - off);
+        region.write(off, &zero[..n]);
+        off += n;
+    }
+    let h = Header {
+        magic: MAGIC,
+        version: VERSION,
+        slots: g.slots,
+        data_len: g.data_len,
+        max_msg: g.max_msg,
+        ranks,
+        reserved: [0; 8],
+    };
+    region.write(0, h.as_bytes());
+    region.store32(alive_off(0), ALIVE, Relaxed);
+    region.store32(alive_off(1), ALIVE, Relaxed);
+    region.store32(CONTROL, OPEN, Release);
+    Ok(())
+}
+
+/// Reads and checks the header: the geometry and ranks a side will use from then on
+/// (never re-read: the peer could change it).
+pub fn read_header(region: &Region) -> Result<(Geometry, [Rank; 2]), Error> {
+    let mut b = [0u8; LINE];
+    if region.len() < LINE {
+        return Err(Error::config("channel region bytes", region.len() as u64));
+    }
+    region.read(0, &mut b);
+    let h = Header::read_from_bytes(&b).map_err(|_| Error::config("header", 0))?;
+    if h.magic != MAGIC {
+        return Err(Error::config(
+            "channel magic",
+            alloc::format!("{:#x}", h.magic),
+        ));
+    }
+    if h.version != VERSION {
+        return Err(Error::config("channel version", h.version));
+    }
+    let g = Geometry {
+        slots: h.slots,
+        data_len: h.data_len,
+        max_msg: h.max_msg,
+    };
+    g.validate()?;
+    if region.len() < g.region_len() {
+        return Err(Error::config("channel region bytes", region.len() as u64));
+    }
+    Ok((g, h.ranks))
+}
+
+/// Monitor: revokes a channel (both sides then get `Revoked`).
+pub fn revoke(region: &Region) {
+    region.store32(CONTROL, REVOKED, SeqCst);
+}
+
+/// Launcher/monitor: marks side `side` (0 or 1) dead; its peer then gets `PeerDead`.
+pub fn mark_dead(region: &Region, side: usize) {
+    region.store32(alive_off(side & 1), DEAD, SeqCst);
+}
+
+/// What the monitor reads about one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages the sender published (from the slot sequence numbers).
+    pub messages: u64,
+    /// Data-area bytes the sender reserved (inline bytes are at most 40 per message).
+    pub data_bytes: u64,
+    /// Malformed messages the receiver rejected.
+    pub rx_malformed: u64,
+    /// Malformed credit values the sender saw.
+    pub tx_malformed: u64,
+}
+
+/// The monitor's meter of one channel: follows the slot sequence numbers.
+#[derive(Clone, Debug, Default)]
+pub struct Meter {
+    last: [u64; 2],
+}
+
+impl Meter {
+    /// Reads both directions' counters (bounded work: at most `slots` reads each).
+    pub fn read(&mut self, region: &Region, g: &Geometry) -> [Counts; 2] {
+        let mut out = [Counts::default(); 2];
+        for (d, c) in out.iter_mut().enumerate() {
+            let dir = g.dir(d);
+            let mask = u64::from(g.slots) - 1;
+            // The receiver's count is a lower bound (messages it accepted).
+            let mut n = self.last[d].max(region.load64(dir.consumed(), Acquire));
+            for _ in 0..g.slots {
+                let off = dir.slots + LINE * (n & mask) as usize + SEQ;
+                if region.load64(off, Acquire) != n + 1 {
+                    break;
+                }
+                n += 1;
+            }
+            self.last[d] = n;
+            c.messages = n;
+            c.data_bytes = region.load64(dir.data_head(), Acquire);
+            c.rx_malformed = region.load64(dir.rx_malformed(), Relaxed);
+            c.tx_malformed = region.load64(dir.tx_malformed(), Relaxed);
+        }
+        out
+    }
+}

@@ -1,0 +1,489 @@
+//! The ring protocol over one channel region: [`Channel`] = one [`Tx`] + one [`Rx`].
+//!
+//! Non-blocking only: every call either makes progress or returns `WouldBlock`
+//! (sender: no credit) / `Ok(None)`/`Ok(false)` (receiver: nothing yet). Blocking,
+//! matching and notification live in the MPI layer. Everything read from the region is
+//! validated before use; the first violation makes the direction *broken* (sticky
+//! `Malformed`) and bumps the malformed counter the monitor reads.
+
+use crate::layout::{
+    self, Dir, Frag, Geometry, INLINE_MAX, KIND_ABORT, KIND_FRAG, KIND_INLINE, LINE, PAYLOAD, SEQ,
+};
+use crate::shm::Region;
+use crate::{Error, Rank};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use core::sync::atomic::fence;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Envelope of a message at the head of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Tag.
+    pub tag: u32,
+    /// Communicator context id.
+    pub ctx: u32,
+    /// Total length in bytes.
+    pub len: usize,
+}
+
+/// Sending half of a channel.
+pub struct Tx {
+    r: Region,
+    d: Dir,
+    g: Geometry,
+    peer: Rank,
+    head: u64,
+    consumed: u64,
+    data_head: u64,
+    data_tail: u64,
+    inflight: bool,
+    broken: bool,
+}
+
+/// Receiving half of a channel.
+pub struct Rx {
+    r: Region,
+    d: Dir,
+    g: Geometry,
+    peer: Rank,
+    next: u64,
+    data_tail: u64,
+    data_head: u64,
+    /// Message in progress: (envelope, bytes received so far).
+    cur: Option<(Envelope, usize)>,
+    peeked: Option<Slotv>,
+    broken: bool,
+}
+
+/// A decoded, validated slot.
+#[derive(Clone, Copy, Debug)]
+struct Slotv {
+    env: Envelope,
+    kind: u32,
+    frag: Frag,
+    inline: [u8; INLINE_MAX],
+}
+
+/// Both halves of one channel, plus the control and liveness words.
+pub struct Channel {
+    r: Region,
+    side: usize,
+    /// Sending half.
+    pub tx: Tx,
+    /// Receiving half.
+    pub rx: Rx,
+}
+
+impl Channel {
+    /// Attaches to an initialised region as world rank `me`, talking to `peer`. The
+    /// header is read once and checked (magic, version, geometry, ranks).
+    pub fn attach(region: Region, me: Rank, peer: Rank) -> Result<Channel, Error> {
+        let (g, ranks) = layout::read_header(&region)?;
+        let side = match ranks {
+            [a, b] if a == me && b == peer => 0,
+            [a, b] if a == peer && b == me => 1,
+            _ => {
+                return Err(Error::config(
+                    "channel ranks",
+                    alloc::format!("{ranks:?} for {me}<->{peer}"),
+                ));
+            }
+        };
+        let tx = Tx {
+            r: region.clone(),
+            d: g.dir(side),
+            g,
+            peer,
+            head: 0,
+            consumed: 0,
+            data_head: 0,
+            data_tail: 0,
+            inflight: false,
+            broken: false,
+        };
+        let rx = Rx {
+            r: region.clone(),
+            d: g.dir(1 - side),
+            g,
+            peer,
+            next: 0,
+            data_tail: 0,
+            data_head: 0,
+            cur: None,
+            peeked: None,
+            broken: false,
+        };
+        Ok(Channel {
+            r: region,
+            side,
+            tx,
+            rx,
+        })
+    }
+
+    /// Which side of the region this endpoint is (0: the lower rank).
+    pub fn side(&self) -> usize {
+        self.side
+    }
+
+    /// `Err(Revoked)` if the monitor revoked the channel, `Err(PeerDead)` if the peer
+    /// was marked dead.
+    pub fn check(&self) -> Result<(), Error> {
+        let peer = self.tx.peer;
+        if self.r.load32(layout::CONTROL, Relaxed) != layout::OPEN {
+            return Err(Error::Revoked { rank: peer });
+        }
+        if self.r.load32(layout::alive_off(1 - self.side), Relaxed) == layout::DEAD {
+            return Err(Error::PeerDead { rank: peer });
+        }
+        Ok(())
+    }
+
+    /// The region (for the monitor's meter or tests).
+    pub fn region(&self) -> &Region {
+        &self.r
+    }
+}
+
+impl Tx {
+    fn malformed(&mut self, what: &'static str, value: u64) -> Error {
+        if !self.broken {
+            self.broken = true;
+            self.r.add64(self.d.tx_malformed(), 1);
+        }
+        Error::Malformed {
+            rank: self.peer,
+            what,
+            value,
+        }
+    }
+
+    /// Credit check for one slot; re-reads the receiver's position only when out.
+    fn slot_credit(&mut self) -> Result<(), Error> {
+        if self.head - self.consumed < u64::from(self.g.slots) {
+            return Ok(());
+        }
+        let c = self.r.load64(self.d.consumed(), Acquire);
+        if c < self.consumed || c > self.head {
+            return Err(self.malformed("consumed counter", c));
+        }
+        self.consumed = c;
+        if self.head - c < u64::from(self.g.slots) {
+            Ok(())
+        } else {
+            Err(Error::WouldBlock { rank: self.peer })
+        }
+    }
+
+    fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: &[u8]) {
+        let off = self.d.slots + LINE * (self.head & (u64::from(self.g.slots) - 1)) as usize;
+        let mut hdr = [0u8; 16];
+        hdr[0..4].copy_from_slice(&tag.to_le_bytes());
+        hdr[4..8].copy_from_slice(&ctx.to_le_bytes());
+        hdr[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        hdr[12..16].copy_from_slice(&kind.to_le_bytes());
+        self.r.write(off + 8, &hdr);
+        self.r.write(off + PAYLOAD, payload);
+        self.head += 1;
+        self.r.store64(off + SEQ, self.head, Release);
+    }
+
+    /// Sends (more of) one message: `done` bytes of `data` already went out in earlier
+    /// calls. Returns `Ok(())` once all of it is published, `Err(WouldBlock)` when out
+    /// of credit (with `done` advanced). A call with `done == 0` starts a new message;
+    /// if the previous one was left unfinished it is aborted first.
+    pub fn send(&mut self, tag: u32, ctx: u32, data: &[u8], done: &mut usize) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::Malformed {
+                rank: self.peer,
+                what: "channel broken",
+                value: 0,
+            });
+        }
+        if data.len() > self.g.max_msg as usize {
+            return Err(Error::InvalidArgument {
+                what: "message length above max_msg",
+                value: data.len() as u64,
+            });
+        }
+        if *done == 0 && self.inflight {
+            self.abort()?;
+        }
+        if data.len() <= INLINE_MAX {
+            self.slot_credit()?;
+            self.publish(tag, ctx, data.len(), KIND_INLINE, data);
+            *done = data.len();
+            return Ok(());
+        }
+        let dl = u64::from(self.g.data_len);
+        let max_chunk = (dl / 4).min(64 << 10) as usize;
+        while *done < data.len() {
+            self.slot_credit()?;
+            let chunk = (data.len() - *done).min(max_chunk);
+            let rounded = (chunk as u64).next_multiple_of(LINE as u64);
+            let off = self.data_head % dl;
+            let pos = if off + rounded > dl {
+                self.data_head + (dl - off)
+            } else {
+                self.data_head
+            };
+            if pos + rounded - self.data_tail > dl {
+                let t = self.r.load64(self.d.data_tail(), Acquire);
+                if t < self.data_tail || t > self.data_head {
+                    return Err(self.malformed("data tail", t));
+                }
+                self.data_tail = t;
+                if pos + rounded - t > dl {
+                    return Err(Error::WouldBlock { rank: self.peer });
+                }
+            }
+            self.r.write(
+                self.d.data + (pos % dl) as usize,
+                &data[*done..*done + chunk],
+            );
+            self.data_head = pos + rounded;
+            self.r.store64(self.d.data_head(), self.data_head, Release);
+            let f = Frag {
+                pos,
+                chunk: chunk as u32,
+                offset: *done as u32,
+            };
+            self.publish(tag, ctx, data.len(), KIND_FRAG, f.as_bytes());
+            *done += chunk;
+            self.inflight = *done < data.len();
+        }
+        Ok(())
+    }
+
+    /// Abandons the fragmented message in progress (tells the receiver).
+    pub fn abort(&mut self) -> Result<(), Error> {
+        if self.inflight {
+            self.slot_credit()?;
+            self.publish(0, 0, 0, KIND_ABORT, &[]);
+            self.inflight = false;
+        }
+        Ok(())
+    }
+
+    /// True if a fragmented message is half sent.
+    pub fn inflight(&self) -> bool {
+        self.inflight
+    }
+
+    /// After publishing: true if the receiver announced it is blocking (ring it).
+    pub fn peer_waiting(&self) -> bool {
+        fence(SeqCst);
+        self.r.load32(self.d.rx_waiting(), Relaxed) != 0
+    }
+
+    /// Announces (or withdraws) that this sender is about to block for credit.
+    pub fn set_waiting(&self, on: bool) {
+        self.r.store32(self.d.tx_waiting(), on as u32, SeqCst);
+    }
+}
+
+impl Rx {
+    fn malformed(&mut self, what: &'static str, value: u64) -> Error {
+        if !self.broken {
+            self.broken = true;
+            self.r.add64(self.d.rx_malformed(), 1);
+        }
+        self.cur = None;
+        self.peeked = None;
+        Error::Malformed {
+            rank: self.peer,
+            what,
+            value,
+        }
+    }
+
+    /// Reads and validates the next slot, if it is published.
+    fn slot(&mut self) -> Result<Option<Slotv>, Error> {
+        if self.broken {
+            return Err(Error::Malformed {
+                rank: self.peer,
+                what: "channel broken",
+                value: 0,
+            });
+        }
+        if let Some(s) = self.peeked {
+            return Ok(Some(s));
+        }
+        let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
+        let seq = self.r.load64(off + SEQ, Acquire);
+        if seq != self.next + 1 {
+            // Not yet written: the slot still holds the previous lap's message (or 0).
+            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots));
+            if seq == old {
+                return Ok(None);
+            }
+            return Err(self.malformed("slot sequence", seq));
+        }
+        let mut b = [0u8; LINE];
+        self.r.read(off, &mut b);
+        let s = layout::Slot::read_from_bytes(&b).map_err(|_| Error::Malformed {
+            rank: self.peer,
+            what: "slot",
+            value: 0,
+        })?;
+        let env = Envelope {
+            tag: s.tag,
+            ctx: s.ctx,
+            len: s.len as usize,
+        };
+        let mut frag = Frag::default();
+        match s.kind {
+            KIND_INLINE if env.len <= INLINE_MAX => {}
+            KIND_INLINE => return Err(self.malformed("inline length", env.len as u64)),
+            KIND_ABORT => {}
+            KIND_FRAG => {
+                if env.len > self.g.max_msg as usize || env.len <= INLINE_MAX {
+                    return Err(self.malformed("message length", env.len as u64));
+                }
+                frag = Frag::read_from_bytes(&s.payload[..16]).map_err(|_| Error::Malformed {
+                    rank: self.peer,
+                    what: "frag",
+                    value: 0,
+                })?;
+                let dl = u64::from(self.g.data_len);
+                let (pos, chunk) = (frag.pos, u64::from(frag.chunk));
+                let rounded = chunk.next_multiple_of(LINE as u64);
+                let ok = chunk > 0
+                    && u64::from(frag.offset) + chunk <= env.len as u64
+                    && pos % LINE as u64 == 0
+                    && pos >= self.data_tail
+                    && pos - self.data_tail < dl
+                    && pos % dl + rounded <= dl
+                    && pos - self.data_tail + rounded <= dl;
+                if !ok {
+                    return Err(self.malformed("fragment position", pos));
+                }
+                if pos + rounded > self.data_head {
+                    // The bytes must have been published (and so metered) first.
+                    let h = self.r.load64(self.d.data_head(), Acquire);
+                    if pos + rounded > h {
+                        return Err(self.malformed("fragment beyond data head", pos));
+                    }
+                    self.data_head = h;
+                }
+            }
+            k => return Err(self.malformed("slot kind", k.into())),
+        }
+        let sv = Slotv {
+            env,
+            kind: s.kind,
+            frag,
+            inline: s.payload,
+        };
+        self.peeked = Some(sv);
+        Ok(Some(sv))
+    }
+
+    fn consume(&mut self, sv: &Slotv) {
+        self.peeked = None;
+        self.next += 1;
+        if sv.kind == KIND_FRAG {
+            self.data_tail = sv.frag.pos + u64::from(sv.frag.chunk).next_multiple_of(LINE as u64);
+            self.r.store64(self.d.data_tail(), self.data_tail, Release);
+        }
+        self.r.store64(self.d.consumed(), self.next, Release);
+    }
+
+    /// The envelope of the next message, without consuming it. `Ok(None)`: nothing yet.
+    /// While a message is partly taken, returns that message's envelope.
+    pub fn peek(&mut self) -> Result<Option<Envelope>, Error> {
+        if let Some((env, _)) = self.cur {
+            return Ok(Some(env));
+        }
+        loop {
+            match self.slot()? {
+                None => return Ok(None),
+                Some(s) if s.kind == KIND_ABORT => {
+                    // An abort for a message this side never started: skip it.
+                    self.consume(&s);
+                }
+                Some(s) => {
+                    if s.kind == KIND_FRAG && s.frag.offset != 0 {
+                        return Err(self.malformed("fragment offset", s.frag.offset.into()));
+                    }
+                    return Ok(Some(s.env));
+                }
+            }
+        }
+    }
+
+    /// Takes the next message (or continues the one in progress) into `dst`; bytes past
+    /// `dst.len()` are dropped. Returns `Ok(Some(total))` when the whole message has
+    /// been taken, `Ok(None)` if more fragments are still to come, and `Err(Cancelled)`
+    /// if the sender aborted it. At most `slots` slots are taken per call.
+    pub fn take(&mut self, dst: &mut [u8]) -> Result<Option<usize>, Error> {
+        for _ in 0..self.g.slots {
+            let Some(s) = self.slot()? else {
+                return Ok(None);
+            };
+            let (env, got) = match self.cur {
+                Some(c) => c,
+                None => {
+                    if s.kind == KIND_ABORT {
+                        self.consume(&s);
+                        continue;
+                    }
+                    (s.env, 0)
+                }
+            };
+            match s.kind {
+                KIND_ABORT => {
+                    self.consume(&s);
+                    self.cur = None;
+                    return Err(Error::Cancelled {
+                        rank: self.peer,
+                        tag: env.tag,
+                    });
+                }
+                KIND_INLINE if got == 0 => {
+                    let n = env.len.min(dst.len());
+                    dst[..n].copy_from_slice(&s.inline[..n]);
+                    self.consume(&s);
+                    return Ok(Some(env.len));
+                }
+                KIND_FRAG if s.env == env && s.frag.offset as usize == got => {
+                    let chunk = s.frag.chunk as usize;
+                    let end = (got + chunk).min(dst.len());
+                    if got < end {
+                        let src = self.d.data + (s.frag.pos % u64::from(self.g.data_len)) as usize;
+                        self.r.read(src, &mut dst[got..end]);
+                    }
+                    self.consume(&s);
+                    if got + chunk == env.len {
+                        self.cur = None;
+                        return Ok(Some(env.len));
+                    }
+                    self.cur = Some((env, got + chunk));
+                }
+                _ => return Err(self.malformed("fragment out of sequence", u64::from(s.kind))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// True while a fragmented message is partly taken.
+    pub fn in_progress(&self) -> bool {
+        self.cur.is_some()
+    }
+
+    /// True once the peer sent something malformed on this direction.
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Announces (or withdraws) that this receiver is about to block.
+    pub fn set_waiting(&self, on: bool) {
+        self.r.store32(self.d.rx_waiting(), on as u32, SeqCst);
+    }
+
+    /// After consuming: true if the sender announced it is blocking for credit.
+    pub fn peer_waiting(&self) -> bool {
+        fence(SeqCst);
+        self.r.load32(self.d.tx_waiting(), Relaxed) != 0
+    }
+}

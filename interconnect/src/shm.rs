@@ -1,0 +1,410 @@
+//! Shared memory: the one module with `unsafe` that touches memory a peer can write.
+//!
+//! A [`Region`] is a (pointer, length) span of shared memory. Every access goes through
+//! its methods: 8/4-byte atomics at checked, aligned offsets, and volatile byte copies
+//! into or out of private buffers. No `&`/`&mut` to plain data in the region is ever
+//! formed; the only references are to `AtomicU64`/`AtomicU32` cells (interior mutable),
+//! created for the duration of one access. Offsets are checked against the length on
+//! every access, so a wrong offset is a panic of *our* code, never an out-of-bounds
+//! access; offsets derived from peer data are validated by the caller before use.
+//!
+//! Under `cfg(loom)` the region is a vector of loom atomics with the same interface, so
+//! the ring protocol in `ring.rs` is model-checked unchanged.
+
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+
+/// Something that keeps a region's memory alive (a mapping, an allocation).
+pub trait Backing: Send + Sync {}
+impl<T: Send + Sync> Backing for T {}
+
+#[cfg(not(loom))]
+pub use real::Region;
+
+#[cfg(not(loom))]
+mod real {
+    use super::*;
+    use core::sync::atomic::{AtomicU32, AtomicU64};
+
+    /// A span of shared memory (see the module docs).
+    #[derive(Clone)]
+    pub struct Region {
+        base: *mut u8,
+        len: usize,
+        _keep: Option<Arc<dyn Backing>>,
+    }
+
+    // SAFETY: a Region only ever accesses its memory through atomics and volatile
+    // copies, which are sound to perform from any thread.
+    unsafe impl Send for Region {}
+    // SAFETY: as for Send: no method hands out references to non-atomic data.
+    unsafe impl Sync for Region {}
+
+    struct HeapBlock {
+        ptr: *mut u8,
+        layout: core::alloc::Layout,
+    }
+    // SAFETY: the block is only freed on drop, and only accessed through Region.
+    unsafe impl Send for HeapBlock {}
+    // SAFETY: as above.
+    unsafe impl Sync for HeapBlock {}
+    impl Drop for HeapBlock {
+        fn drop(&mut self) {
+            // SAFETY: ptr came from alloc_zeroed with this layout and is freed once.
+            unsafe { alloc::alloc::dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    impl Region {
+        /// Wraps raw shared memory.
+        ///
+        /// # Safety
+        /// `base` must be 64-byte aligned and valid for reads and writes of `len` bytes
+        /// for as long as this region or a clone of it lives (`keep`, if given, is held
+        /// until then). The memory may be written concurrently by other threads,
+        /// processes or VMs: that is what this type is for.
+        pub unsafe fn from_raw(base: *mut u8, len: usize, keep: Option<Arc<dyn Backing>>) -> Self {
+            assert!(
+                (base as usize).is_multiple_of(64),
+                "shared region must be 64-byte aligned"
+            );
+            Region {
+                base,
+                len,
+                _keep: keep,
+            }
+        }
+
+        /// A zeroed, 64-byte aligned region on the heap (threads in one process, tests,
+        /// fuzzing).
+        pub fn heap(len: usize) -> Self {
+            let layout = core::alloc::Layout::from_size_align(len.max(64), 64).expect("layout");
+            // SAFETY: the layout has a non-zero size.
+            let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+            if ptr.is_null() {
+                alloc::alloc::handle_alloc_error(layout);
+            }
+            let keep: Arc<dyn Backing> = Arc::new(HeapBlock { ptr, layout });
+            // SAFETY: freshly allocated, aligned, len bytes, kept alive by `keep`.
+            unsafe { Self::from_raw(ptr, len, Some(keep)) }
+        }
+
+        /// Length in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// True if the region has no bytes.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        fn check(&self, off: usize, size: usize, align: usize) {
+            assert!(
+                off.is_multiple_of(align) && off.checked_add(size).is_some_and(|e| e <= self.len),
+                "shared-memory access out of range: {off}+{size} of {}",
+                self.len
+            );
+        }
+
+        fn a64(&self, off: usize) -> &AtomicU64 {
+            self.check(off, 8, 8);
+            // SAFETY: in bounds and 8-aligned (checked; base is 64-aligned); the memory
+            // stays valid while self lives; AtomicU64 has interior mutability, so
+            // concurrent writers elsewhere are allowed.
+            unsafe { AtomicU64::from_ptr(self.base.add(off).cast()) }
+        }
+
+        fn a32(&self, off: usize) -> &AtomicU32 {
+            self.check(off, 4, 4);
+            // SAFETY: as in a64, for 4 bytes at a 4-aligned offset.
+            unsafe { AtomicU32::from_ptr(self.base.add(off).cast()) }
+        }
+
+        /// Atomic load of the u64 at `off`.
+        pub fn load64(&self, off: usize, o: Ordering) -> u64 {
+            self.a64(off).load(o)
+        }
+        /// Atomic store of the u64 at `off`.
+        pub fn store64(&self, off: usize, v: u64, o: Ordering) {
+            self.a64(off).store(v, o)
+        }
+        /// Atomic load of the u32 at `off`.
+        pub fn load32(&self, off: usize, o: Ordering) -> u32 {
+            self.a32(off).load(o)
+        }
+        /// Atomic store of the u32 at `off`.
+        pub fn store32(&self, off: usize, v: u32, o: Ordering) {
+            self.a32(off).store(v, o)
+        }
+        /// Atomic add to the u32 at `off`; returns the previous value.
+        pub fn add32(&self, off: usize, v: u32) -> u32 {
+            self.a32(off).fetch_add(v, Ordering::SeqCst)
+        }
+        /// Atomic add to the u64 at `off`.
+        pub fn add64(&self, off: usize, v: u64) {
+            self.a64(off).fetch_add(v, Ordering::Relaxed);
+        }
+
+        /// Raw address of the u32 at `off` (for futex-style waits on the host).
+        pub fn addr32(&self, off: usize) -> *const u32 {
+            self.check(off, 4, 4);
+            // SAFETY: in bounds (checked).
+            unsafe { self.base.add(off).cast() }
+        }
+
+        /// Copies `dst.len()` bytes at `off` out of the region (volatile reads).
+        pub fn read(&self, off: usize, dst: &mut [u8]) {
+            self.check(off, dst.len(), 1);
+            // SAFETY: the source range is in bounds (checked); it is only read with
+            // volatile loads, so bytes a peer changes meanwhile are merely garbage.
+            unsafe { copy_out(self.base.add(off), dst) }
+        }
+
+        /// Copies `src` into the region at `off` (volatile writes).
+        pub fn write(&self, off: usize, src: &[u8]) {
+            self.check(off, src.len(), 1);
+            // SAFETY: the destination range is in bounds (checked); only volatile stores.
+            unsafe { copy_in(self.base.add(off), src) }
+        }
+    }
+
+    /// Volatile copy from shared memory into a private buffer, 8 bytes at a time where
+    /// both sides allow it.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `dst.len()` bytes.
+    unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
+        let n = dst.len();
+        let mut i = 0;
+        if (src as usize).is_multiple_of(8) {
+            let d = dst.as_mut_ptr();
+            while i + 32 <= n {
+                // SAFETY: i+32 <= n, so all four 8-byte reads and writes are in bounds;
+                // src+i is 8-aligned; unaligned writes into the private buffer.
+                unsafe {
+                    let s = src.add(i).cast::<u64>();
+                    let a = s.read_volatile();
+                    let b = s.add(1).read_volatile();
+                    let c = s.add(2).read_volatile();
+                    let e = s.add(3).read_volatile();
+                    let p = d.add(i).cast::<u64>();
+                    p.write_unaligned(a);
+                    p.add(1).write_unaligned(b);
+                    p.add(2).write_unaligned(c);
+                    p.add(3).write_unaligned(e);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                // SAFETY: in bounds as above.
+                unsafe {
+                    let v = src.add(i).cast::<u64>().read_volatile();
+                    d.add(i).cast::<u64>().write_unaligned(v);
+                }
+                i += 8;
+            }
+        }
+        while i < n {
+            // SAFETY: i < n, in bounds.
+            dst[i] = unsafe { src.add(i).read_volatile() };
+            i += 1;
+        }
+    }
+
+    /// Volatile copy from a private buffer into shared memory.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `src.len()` bytes.
+    unsafe fn copy_in(dst: *mut u8, src: &[u8]) {
+        let n = src.len();
+        let mut i = 0;
+        if (dst as usize).is_multiple_of(8) {
+            let s = src.as_ptr();
+            while i + 32 <= n {
+                // SAFETY: i+32 <= n: in bounds; dst+i is 8-aligned.
+                unsafe {
+                    let p = s.add(i).cast::<u64>();
+                    let a = p.read_unaligned();
+                    let b = p.add(1).read_unaligned();
+                    let c = p.add(2).read_unaligned();
+                    let e = p.add(3).read_unaligned();
+                    let q = dst.add(i).cast::<u64>();
+                    q.write_volatile(a);
+                    q.add(1).write_volatile(b);
+                    q.add(2).write_volatile(c);
+                    q.add(3).write_volatile(e);
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                // SAFETY: in bounds as above.
+                unsafe {
+                    let v = s.add(i).cast::<u64>().read_unaligned();
+                    dst.add(i).cast::<u64>().write_volatile(v);
+                }
+                i += 8;
+            }
+        }
+        while i < n {
+            // SAFETY: i < n, in bounds.
+            unsafe { dst.add(i).write_volatile(src[i]) };
+            i += 1;
+        }
+    }
+}
+
+#[cfg(loom)]
+pub use model::Region;
+
+#[cfg(loom)]
+mod model {
+    use super::*;
+    use loom::sync::atomic::AtomicU64;
+
+    /// Loom model of a shared region: one loom atomic per 8-byte word.
+    #[derive(Clone)]
+    pub struct Region {
+        words: Arc<alloc::vec::Vec<AtomicU64>>,
+        len: usize,
+    }
+
+    impl Region {
+        /// A zeroed model region.
+        pub fn heap(len: usize) -> Self {
+            let words = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
+            Region {
+                words: Arc::new(words),
+                len,
+            }
+        }
+        /// Length in bytes.
+        pub fn len(&self) -> usize {
+            self.len
+        }
+        /// True if empty.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+        fn w(&self, off: usize) -> &AtomicU64 {
+            &self.words[off / 8]
+        }
+        /// Atomic load.
+        pub fn load64(&self, off: usize, o: Ordering) -> u64 {
+            self.w(off).load(o)
+        }
+        /// Atomic store.
+        pub fn store64(&self, off: usize, v: u64, o: Ordering) {
+            self.w(off).store(v, o)
+        }
+        /// Atomic load of a u32 (little-endian half of a word).
+        pub fn load32(&self, off: usize, o: Ordering) -> u32 {
+            (self.w(off).load(o) >> ((off % 8) * 8)) as u32
+        }
+        /// Atomic store of a u32 (read-modify-write of its word).
+        pub fn store32(&self, off: usize, v: u32, o: Ordering) {
+            let sh = (off % 8) * 8;
+            let m = 0xffff_ffffu64 << sh;
+            let _ = self.w(off).fetch_update(o, Ordering::Relaxed, |x| {
+                Some((x & !m) | (u64::from(v) << sh))
+            });
+        }
+        /// Atomic add to a u32.
+        pub fn add32(&self, off: usize, v: u32) -> u32 {
+            let old = self.load32(off, Ordering::SeqCst);
+            self.store32(off, old.wrapping_add(v), Ordering::SeqCst);
+            old
+        }
+        /// Atomic add to a u64.
+        pub fn add64(&self, off: usize, v: u64) {
+            self.w(off).fetch_add(v, Ordering::Relaxed);
+        }
+        /// Byte copy out (relaxed word loads).
+        pub fn read(&self, off: usize, dst: &mut [u8]) {
+            for (i, b) in dst.iter_mut().enumerate() {
+                let o = off + i;
+                *b = (self.w(o).load(Ordering::Relaxed) >> ((o % 8) * 8)) as u8;
+            }
+        }
+        /// Byte copy in (relaxed read-modify-write per byte).
+        pub fn write(&self, off: usize, src: &[u8]) {
+            for (i, b) in src.iter().enumerate() {
+                let o = off + i;
+                let sh = (o % 8) * 8;
+                let x = self.w(o).load(Ordering::Relaxed);
+                let y = (x & !(0xffu64 << sh)) | (u64::from(*b) << sh);
+                self.w(o).store(y, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Host-only system calls: mapping /dev/shm files and futex waits on shared words.
+#[cfg(all(feature = "std", not(loom)))]
+pub mod host {
+    use super::Region;
+    use alloc::sync::Arc;
+    use std::os::fd::AsRawFd;
+
+    struct Mapping {
+        ptr: *mut libc::c_void,
+        len: usize,
+    }
+    // SAFETY: the mapping is only unmapped on drop and accessed through Region.
+    unsafe impl Send for Mapping {}
+    // SAFETY: as above.
+    unsafe impl Sync for Mapping {}
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: ptr/len are exactly what mmap returned; unmapped once.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+
+    /// Maps `len` bytes of an open file shared (MAP_SHARED, read-write).
+    pub fn map_file(file: &std::fs::File, len: usize) -> std::io::Result<Region> {
+        // SAFETY: a fresh shared mapping of an fd we own; the kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let keep: Arc<dyn super::Backing> = Arc::new(Mapping { ptr, len });
+        // SAFETY: page-aligned, len bytes, valid until `keep` (held by the region) drops.
+        Ok(unsafe { Region::from_raw(ptr.cast(), len, Some(keep)) })
+    }
+
+    /// Blocks while the u32 at `off` in `r` equals `seen`, at most `timeout_ns`.
+    pub fn futex_wait(r: &Region, off: usize, seen: u32, timeout_ns: u64) {
+        let ts = libc::timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: the address is a 4-aligned word inside the live mapping (addr32
+        // checks); FUTEX_WAIT only reads it. Shared (not PRIVATE) to work across
+        // processes.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                r.addr32(off),
+                libc::FUTEX_WAIT,
+                seen,
+                &ts as *const _,
+            )
+        };
+    }
+
+    /// Wakes every waiter on the u32 at `off` in `r`.
+    pub fn futex_wake(r: &Region, off: usize) {
+        // SAFETY: as in futex_wait; FUTEX_WAKE does not access the word.
+        unsafe { libc::syscall(libc::SYS_futex, r.addr32(off), libc::FUTEX_WAKE, i32::MAX) };
+    }
+}

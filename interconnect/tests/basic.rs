@@ -1,0 +1,96 @@
+//! Point-to-point basics over the thread transport.
+
+use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Error, host};
+use std::thread;
+
+fn dl(ep: &interconnect::Endpoint<host::HostPlatform>) -> Deadline {
+    ep.after_ms(10_000)
+}
+
+#[test]
+fn ping_pong_small_and_large() {
+    let mut eps = host::threads(&Config::new(2)).unwrap();
+    let mut b = eps.pop().unwrap();
+    let mut a = eps.pop().unwrap();
+    let sizes = [0usize, 1, 8, 40, 41, 64, 1000, 65536, 300_000, 1 << 20];
+    let t = thread::spawn(move || {
+        let w = b.world();
+        let mut buf = vec![0u8; 1 << 20];
+        for &n in &sizes {
+            let st = b.recv(&w, 0, 3, &mut buf, dl(&b)).unwrap();
+            assert_eq!(st.len, n);
+            b.send(&w, 0, 4, &buf[..n], dl(&b)).unwrap();
+        }
+    });
+    let w = a.world();
+    let mut buf = vec![0u8; 1 << 20];
+    for &n in &sizes {
+        let msg: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+        a.send(&w, 1, 3, &msg, dl(&a)).unwrap();
+        let st = a.recv(&w, 1, 4, &mut buf, dl(&a)).unwrap();
+        assert_eq!((st.source, st.tag, st.len), (1, 4, n));
+        assert_eq!(&buf[..n], &msg[..]);
+    }
+    t.join().unwrap();
+}
+
+#[test]
+fn wildcards_and_order() {
+    let mut eps = host::threads(&Config::new(3)).unwrap();
+    let mut c = eps.pop().unwrap();
+    let mut b = eps.pop().unwrap();
+    let mut a = eps.pop().unwrap();
+    let w = a.world();
+    for i in 0..10u8 {
+        b.send(&w, 0, u32::from(i % 2), &[1, i], Deadline::NOW)
+            .unwrap();
+        c.send(&w, 0, 5, &[2, i], Deadline::NOW).unwrap();
+    }
+    // Tag 1 from rank 1, in order, skipping the others.
+    let mut buf = [0u8; 2];
+    for i in (1..10u8).step_by(2) {
+        let st = a.recv(&w, 1, 1, &mut buf, dl(&a)).unwrap();
+        assert_eq!((st.source, st.tag, buf), (1, 1, [1, i]));
+    }
+    let mut seen = vec![];
+    for _ in 0..15 {
+        let st = a.recv(&w, ANY_SOURCE, ANY_TAG, &mut buf, dl(&a)).unwrap();
+        assert_eq!(st.source as u8, buf[0]);
+        seen.push(buf);
+    }
+    for src in [1u8, 2] {
+        let from: Vec<u8> = seen.iter().filter(|b| b[0] == src).map(|b| b[1]).collect();
+        let mut sorted = from.clone();
+        sorted.sort();
+        assert_eq!(from, sorted, "per-source order");
+    }
+    assert_eq!(a.iprobe(&w, ANY_SOURCE, ANY_TAG).unwrap(), None);
+    assert!(matches!(
+        a.recv(&w, 1, 0, &mut buf, Deadline::NOW),
+        Err(Error::Timeout { .. })
+    ));
+}
+
+#[test]
+fn permission_denied_without_channel_or_outside_comm() {
+    let mut cfg = Config::new(3);
+    cfg.pairs = vec![(0, 1)];
+    let mut eps = host::threads(&cfg).unwrap();
+    let a = &mut eps[0];
+    let w = a.world();
+    assert_eq!(
+        a.send(&w, 2, 0, b"x", Deadline::NOW),
+        Err(Error::PermissionDenied { rank: 2, tag: 0 })
+    );
+    assert_eq!(
+        a.send(&w, 9, 0, b"x", Deadline::NOW),
+        Err(Error::PermissionDenied { rank: 9, tag: 0 })
+    );
+    assert_eq!(
+        a.send(&w, 1, ANY_TAG, b"x", Deadline::NOW),
+        Err(Error::PermissionDenied {
+            rank: 1,
+            tag: ANY_TAG
+        })
+    );
+}
