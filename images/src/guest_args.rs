@@ -13,6 +13,8 @@
 //! | `size` | number of partitions in the system (world size) | `size=3` |
 //! | `groups` | only if it is in a group: `;`-separated `NAME:R,R,...` with the members' world ranks in group-rank order (the group's id is its position in the manifest, given as `NAME@ID`) | `groups=g1@0:0,1;g2@1:0,2` |
 //! | `ch` | once per channel, in PCI-slot order: see [`ChannelArg`] | `ch=1:1:0:65536:65536:n:*` |
+//! | `need_shm` | runtime key (`abi::key`), only with channels: how many ivshmem devices must be found | `need_shm=2` |
+//! | `need_doorbell` | runtime key, only with channels: `1` = doorbells (MSI-X) required | `need_doorbell=1` |
 //! | `tsc_khz` | host TSC frequency in kHz (runtime key) | `tsc_khz=2995200` |
 //! | ... | the partition's own `args` from the manifest, last | `greeting=hi` |
 //!
@@ -167,7 +169,99 @@ pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
             v.push(format!("ch={arg}"));
         }
     }
-    v.push(format!("tsc_khz={tsc_khz}"));
+    let channels = sys.channels_of(rank).count();
+    if channels > 0 {
+        v.push(format!("{}={channels}", abi::key::NEED_SHM));
+        v.push(format!("{}=1", abi::key::NEED_DOORBELL));
+    }
+    v.push(format!("{}={tsc_khz}", abi::key::TSC_KHZ));
     v.extend(p.args.iter().cloned());
     v
+}
+
+/// Checks that partition `rank`'s command line fits the runtime's limits
+/// (`abi::MAX_ARGS` words, `abi::MAX_CMDLINE` bytes), with the longest TSC value.
+pub fn check_fits(sys: &System, rank: usize) -> Result<(), String> {
+    let args = guest_args(sys, rank, u64::MAX);
+    let bytes = args.iter().map(|a| a.len() + 1).sum::<usize>();
+    if args.len() > abi::MAX_ARGS {
+        return Err(format!(
+            "partition `{}` would get {} command-line words; the runtime takes at most {}",
+            sys.partitions[rank].name,
+            args.len(),
+            abi::MAX_ARGS
+        ));
+    }
+    if bytes > abi::MAX_CMDLINE {
+        return Err(format!(
+            "partition `{}` would get a command line of {bytes} bytes; the runtime takes at most {}",
+            sys.partitions[rank].name,
+            abi::MAX_CMDLINE
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn channel_arg_round_trips() {
+        for s in ["1:2:0:65536:0:n:0-99", "3:0:1:0:4096:-:*"] {
+            let a: ChannelArg = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        for bad in [
+            "",
+            "1:2:0:1:1:n",
+            "1:2:2:1:1:n:*",
+            "1:2:0:1:1:x:*",
+            "1:2:0:1:1:n:5",
+        ] {
+            assert!(bad.parse::<ChannelArg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn demo_command_lines() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.toml");
+        let sys = crate::manifest::load(&path).unwrap();
+        let client = guest_args(&sys, 0, 2_000_000).join(" ");
+        assert_eq!(
+            client,
+            "vmpi=1 name=client rank=0 size=5 groups=naming@0:0,1;storage@1:0,2 \
+             ch=1:1:0:65536:65536:-:* ch=2:2:0:262144:262144:n:* need_shm=2 need_doorbell=1 \
+             tsc_khz=2000000"
+        );
+        let log = guest_args(&sys, 3, 1).join(" ");
+        assert_eq!(
+            log,
+            "vmpi=1 name=log rank=3 size=5 ch=1:1:1:0:16384:-:* ch=2:2:1:0:16384:-:* \
+             need_shm=2 need_doorbell=1 tsc_khz=1"
+        );
+        let names = guest_args(&sys, 1, 1).join(" ");
+        assert!(names.contains(" ch=2:3:0:16384:0:-:0-15 "), "{names}");
+        let monitor = guest_args(&sys, 4, 1).join(" ");
+        assert_eq!(monitor, "vmpi=1 name=monitor rank=4 size=5 tsc_khz=1");
+    }
+
+    #[test]
+    fn too_many_args_is_rejected() {
+        let mut text = String::from(
+            "[system]\nname = \"x\"\n[[partition]]\nname = \"A\"\nservice = \"s\"\nmemory = \"8M\"\nargs = [",
+        );
+        for i in 0..40 {
+            text.push_str(&format!("\"k{i}=v\","));
+        }
+        text.push_str("]\n");
+        let e = crate::manifest::parse(Path::new("x.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "x.toml:4: key `partition.args`: partition `A` would get 45 command-line words; the runtime takes at most 32"
+        );
+    }
 }

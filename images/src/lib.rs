@@ -7,7 +7,12 @@
 //! - Partition images are PVH ELFs built by the `partitions/` workspace.
 #![deny(missing_docs)]
 
+pub mod describe;
 pub mod doorbell;
+pub mod graph;
 pub mod guest_args;
+pub mod images;
+pub mod launch;
 pub mod manifest;
+pub mod qemu;
 pub mod tsc;

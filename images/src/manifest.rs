@@ -33,8 +33,9 @@ pub const MAX_RING_BYTES: u64 = 64 << 20;
 /// Guest-physical window where a partition maps its channels (the PCI host bridge's
 /// 32-bit MMIO window on `microvm,pcie=on`: 0xc000_0000..0xe000_0000).
 pub const CHANNEL_WINDOW_BYTES: u64 = 512 << 20;
-/// PCI slots 1..=30 hold channels (slot 0 is the host bridge, 31 is q35's LPC).
-pub const MAX_CHANNELS_PER_PARTITION: usize = 30;
+/// Channels per partition: the runtime maps at most `abi::MAX_SHM` shared-memory
+/// regions (PCI slots 1..=30 would allow 30: slot 0 is the host bridge, 31 q35's LPC).
+pub const MAX_CHANNELS_PER_PARTITION: usize = abi::MAX_SHM;
 /// Smallest partition memory.
 pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// Largest partition memory.
@@ -376,7 +377,16 @@ pub fn parse(path: &Path, text: &str) -> Result<System, ManifestError> {
         text,
     };
     let raw: RawManifest = toml::from_str(text).map_err(|e| cx.toml_error(&e))?;
-    resolve(path, &cx, raw)
+    let sys = resolve(path, &cx, raw)?;
+    for p in &sys.partitions {
+        crate::guest_args::check_fits(&sys, p.rank).map_err(|message| ManifestError::At {
+            file: cx.file.clone(),
+            line: p.line,
+            key: "partition.args".into(),
+            message,
+        })?;
+    }
+    Ok(sys)
 }
 
 struct Cx<'a> {
@@ -856,8 +866,8 @@ fn resolve(path: &Path, cx: &Cx<'_>, raw: RawManifest) -> Result<System, Manifes
                     sr.span(),
                     "right",
                     format!(
-                        "partition `{}` would have {count} channels; at most \
-                         {MAX_CHANNELS_PER_PARTITION} fit on its PCI bus",
+                        "partition `{}` would have {count} channels; its runtime maps at \
+                         most {MAX_CHANNELS_PER_PARTITION}",
                         partitions[end].name
                     ),
                 ));

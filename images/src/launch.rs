@@ -1,0 +1,682 @@
+//! `vmpi up`: creates the channel files, serves the doorbells, starts one VM per
+//! partition (all at once), prefixes and keeps their serial logs, applies the
+//! fault policy, and leaves nothing behind: every VM, socket and `/dev/shm` file
+//! is gone when [`up`] returns, fails or is interrupted.
+//!
+//! # Files of one run (`PID` = vmpi's process id)
+//! - `/dev/shm/vmpi-PID-C`: channel `C`'s shared memory (size from
+//!   [`crate::manifest::channel_file_bytes`]);
+//! - `$TMPDIR/vmpi-PID/chC-E.sock`: the doorbell socket of channel `C`, end `E`;
+//!   `$TMPDIR/vmpi-PID/qmp-NAME.sock`: partition `NAME`'s QMP socket;
+//! - `LOG_DIR/NAME.log`: partition `NAME`'s serial log (kept).
+//!
+//! QEMUs run in their own process group (a terminal's Ctrl-C reaches vmpi only,
+//! which then stops them) with `PR_SET_PDEATHSIG` = `SIGKILL` (if vmpi itself is
+//! killed, they die too); a later run removes files left by a killed one.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::doorbell::{ChannelSpec, DoorbellError, DoorbellServer, Event};
+use crate::guest_args::guest_args;
+use crate::images::ImageError;
+use crate::manifest::{Channel, FaultPolicy, Hypervisor, System, human_bytes};
+use crate::qemu::{Accel, HostError, VmPaths};
+
+/// Launch errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// QEMU or uhyve missing.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// An image is missing.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Not enough room in /dev/shm.
+    #[error("the channels need {need} of shared memory but /dev/shm has {free} free")]
+    NoSpace {
+        /// Bytes needed.
+        need: String,
+        /// Bytes free.
+        free: String,
+    },
+    /// A file or folder of the run could not be made.
+    #[error("{path}: {source}")]
+    File {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The doorbell server failed.
+    #[error(transparent)]
+    Doorbell(#[from] DoorbellError),
+    /// A VM could not be started.
+    #[error("cannot start partition `{name}` ({program}): {source}")]
+    Spawn {
+        /// Partition.
+        name: String,
+        /// Program.
+        program: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// How `up` runs.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// The uhyve binary, if any partition needs it.
+    pub uhyve: Option<PathBuf>,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Kernel image per partition (index = rank).
+    pub images: Vec<PathBuf>,
+    /// Where serial logs go (created).
+    pub log_dir: PathBuf,
+    /// Stop every VM after this long.
+    pub timeout: Option<Duration>,
+    /// TSC frequency handed to guests.
+    pub tsc_khz: u64,
+    /// Whether to copy serial output to stdout (it always goes to the log).
+    pub echo: bool,
+}
+
+/// How a partition ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest reported status `v` (isa-debug-exit or uhyve's exit).
+    Status(u8),
+    /// vmpi stopped it (Ctrl-C, timeout, end of run).
+    Stopped,
+    /// QEMU ended without a guest status (code 0: triple fault; even: QEMU error).
+    NoStatus(i32),
+    /// Killed by a signal vmpi did not send.
+    Signal(i32),
+}
+
+impl Outcome {
+    fn from_exit(status: ExitStatus, hv: Hypervisor) -> Self {
+        match (status.code(), hv) {
+            (Some(c), Hypervisor::Uhyve) => u8::try_from(c).map_or(Self::NoStatus(c), Self::Status),
+            (Some(c), Hypervisor::Qemu) => {
+                abi::from_qemu_exit_code(c).map_or(Self::NoStatus(c), Self::Status)
+            }
+            (None, _) => Self::Signal(status.signal().unwrap_or(0)),
+        }
+    }
+
+    /// A fault (what `on_fault` acts on): a runtime-reported fault or no status.
+    pub fn is_fault(self) -> bool {
+        match self {
+            Self::Status(v) => v > abi::exit::SERVICE_MAX,
+            Self::Stopped => false,
+            Self::NoStatus(_) | Self::Signal(_) => true,
+        }
+    }
+
+    /// Severity for "worst": success < stopped < service status < fault < no status.
+    fn severity(self) -> u8 {
+        match self {
+            Self::Status(0) => 0,
+            Self::Stopped => 1,
+            Self::Status(v) if v <= abi::exit::SERVICE_MAX => 2,
+            Self::Status(_) => 3,
+            Self::NoStatus(_) | Self::Signal(_) => 4,
+        }
+    }
+
+    /// `vmpi up`'s exit code when this is the worst outcome.
+    pub fn exit_code(self, interrupted: bool) -> u8 {
+        match self {
+            Self::Status(v) => v,
+            Self::Stopped if interrupted => 130,
+            Self::Stopped => 124,
+            Self::NoStatus(_) | Self::Signal(_) => 125,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Status(v) => write!(f, "status {v} ({})", abi::exit::describe(*v)),
+            Self::Stopped => f.write_str("stopped by vmpi"),
+            Self::NoStatus(0) => f.write_str("no status (QEMU exit 0: triple fault or shutdown)"),
+            Self::NoStatus(c) => write!(f, "no status (hypervisor exit code {c})"),
+            Self::Signal(s) => write!(f, "killed by signal {s}"),
+        }
+    }
+}
+
+/// One partition's line of the summary.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Partition name.
+    pub name: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Restarts done.
+    pub restarts: u32,
+    /// Serial log.
+    pub log: PathBuf,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// One row per partition, by rank.
+    pub rows: Vec<Row>,
+    /// Ctrl-C / SIGTERM ended the run.
+    pub interrupted: bool,
+    /// The timeout ended the run.
+    pub timed_out: bool,
+}
+
+impl Report {
+    /// The worst row, if any.
+    pub fn worst(&self) -> Option<&Row> {
+        self.rows.iter().max_by_key(|r| r.outcome.severity())
+    }
+
+    /// `vmpi up`'s exit code: the worst outcome's.
+    pub fn exit_code(&self) -> u8 {
+        self.worst()
+            .map_or(0, |r| r.outcome.exit_code(self.interrupted))
+    }
+}
+
+/// Prints a vmpi line (serialised with the partitions' lines through stdout's lock).
+fn say(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "[vmpi] {msg}");
+}
+
+/// THE hook where the launcher initialises a channel's shared memory before any
+/// partition maps it. The file is fresh and zero-filled; the header layout belongs
+/// to the interconnect crate (a later step writes it here: control word "open",
+/// ring geometry from `channel.dirs`).
+pub fn init_channel(file: &File, channel: &Channel) -> std::io::Result<()> {
+    let _ = (file, channel);
+    Ok(())
+}
+
+/// Removes `/dev/shm/vmpi-PID-*` files and `$TMPDIR/vmpi-PID` folders of vmpi runs
+/// whose process is gone (killed before it could clean up). Returns what it removed.
+pub fn sweep_stale() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let alive = |pid: i32| {
+        // SAFETY: kill with signal 0 only checks for the process.
+        unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() != libc::ESRCH }
+    };
+    for dir in [PathBuf::from("/dev/shm"), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("vmpi-") else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let Some(pid) = pid.filter(|&p| p > 0) else {
+                continue;
+            };
+            if !alive(pid) {
+                let p = e.path();
+                let ok = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                if ok.is_ok() {
+                    removed.push(p);
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// Path of channel `c`'s shared-memory file in run `pid`.
+pub fn shm_path(pid: u32, c: usize) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/vmpi-{pid}-{c}"))
+}
+
+struct Vm {
+    rank: usize,
+    child: Option<Child>,
+    qmp: PathBuf,
+    started: Instant,
+    channels: usize,
+    connected: usize,
+    up: bool,
+    restarts: u32,
+    outcome: Option<Outcome>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Everything a run owns; dropping it kills every VM and removes every file.
+struct Run {
+    run_dir: PathBuf,
+    shm: Vec<PathBuf>,
+    server: Option<DoorbellServer>,
+    vms: Vec<Vm>,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        for vm in &mut self.vms {
+            if let Some(mut c) = vm.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for r in vm.readers.drain(..) {
+                let _ = r.join();
+            }
+        }
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+        for p in &self.shm {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+fn free_shm_bytes() -> Option<u64> {
+    // SAFETY: statvfs is plain old data; all-zero is valid, and the call only
+    // writes into it. The path is a NUL-terminated literal.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(c"/dev/shm".as_ptr(), &mut s) == 0).then(|| s.f_bavail * s.f_frsize)
+    }
+}
+
+/// Runs `sys` until every partition has ended, `stop` is set (signal handler) or
+/// the timeout passes. Every VM, socket and `/dev/shm` file is gone on return.
+pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Report, LaunchError> {
+    let pid = std::process::id();
+    for p in sweep_stale() {
+        say(&format!("removed {} left by a killed run", p.display()));
+    }
+    let need: u64 = sys.channels.iter().map(|c| c.file_bytes).sum();
+    if let Some(free) = free_shm_bytes().filter(|&f| f < need) {
+        return Err(LaunchError::NoSpace {
+            need: human_bytes(need),
+            free: human_bytes(free),
+        });
+    }
+    std::fs::create_dir_all(&opts.log_dir).map_err(|source| LaunchError::File {
+        path: opts.log_dir.clone(),
+        source,
+    })?;
+    let run_dir = std::env::temp_dir().join(format!("vmpi-{pid}"));
+    let mut run = Run {
+        run_dir: run_dir.clone(),
+        shm: Vec::new(),
+        server: None,
+        vms: Vec::new(),
+    };
+    std::fs::create_dir(&run_dir).map_err(|source| LaunchError::File {
+        path: run_dir.clone(),
+        source,
+    })?;
+
+    // Channels: one file each, then one doorbell socket per end.
+    let sock = |c: usize, e: usize| run_dir.join(format!("ch{c}-{e}.sock"));
+    let mut specs = Vec::new();
+    for c in &sys.channels {
+        let path = shm_path(pid, c.index);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| LaunchError::File {
+                path: path.clone(),
+                source,
+            })?;
+        run.shm.push(path.clone());
+        file.set_len(c.file_bytes)
+            .map_err(|source| LaunchError::File {
+                path: path.clone(),
+                source,
+            })?;
+        init_channel(&file, c).map_err(|source| LaunchError::File {
+            path: path.clone(),
+            source,
+        })?;
+        specs.push(ChannelSpec {
+            shm: file,
+            sockets: vec![sock(c.index, 0), sock(c.index, 1)],
+        });
+    }
+    let (tx, events) = mpsc::channel();
+    if !specs.is_empty() {
+        run.server = Some(DoorbellServer::start(specs, tx)?);
+    }
+
+    // All VMs at once: nothing waits for anything.
+    let t0 = Instant::now();
+    for p in &sys.partitions {
+        let vm = Vm {
+            rank: p.rank,
+            child: None,
+            qmp: run_dir.join(format!("qmp-{}.sock", p.name)),
+            started: t0,
+            channels: sys.channels_of(p.rank).count(),
+            connected: 0,
+            up: false,
+            restarts: 0,
+            outcome: None,
+            readers: Vec::new(),
+        };
+        run.vms.push(vm);
+        let last = run.vms.len() - 1;
+        spawn(sys, opts, &run_dir, &mut run.vms[last], false)?;
+    }
+    let mut all_up = false;
+    say(&format!(
+        "started {} partition(s) under {}; logs in {}",
+        sys.partitions.len(),
+        opts.accel.name(),
+        opts.log_dir.display()
+    ));
+    mark_up(sys, &mut run.vms, t0, &mut all_up);
+
+    let mut interrupted = false;
+    let mut timed_out = false;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            say("interrupted: stopping every partition");
+            break;
+        }
+        if opts.timeout.is_some_and(|t| t0.elapsed() >= t) {
+            timed_out = true;
+            say("timeout: stopping every partition");
+            break;
+        }
+        match events.recv_timeout(Duration::from_millis(10)) {
+            Ok(Event::Connected { channel, peer }) => {
+                let rank = sys.channels[channel].ends[peer];
+                run.vms[rank].connected += 1;
+                mark_up(sys, &mut run.vms, t0, &mut all_up);
+            }
+            Ok(Event::Disconnected { channel, peer }) => {
+                let rank = sys.channels[channel].ends[peer];
+                run.vms[rank].connected = run.vms[rank].connected.saturating_sub(1);
+            }
+            Ok(Event::Refused { channel, peer }) => {
+                say(&format!(
+                    "refused a second client on channel {channel} end {peer}"
+                ));
+            }
+            Err(_) => {}
+        }
+        for i in 0..run.vms.len() {
+            let Some(child) = run.vms[i].child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            let p = &sys.partitions[run.vms[i].rank];
+            let vm = &mut run.vms[i];
+            vm.child = None;
+            for r in vm.readers.drain(..) {
+                let _ = r.join();
+            }
+            let outcome = Outcome::from_exit(status, p.hypervisor);
+            vm.outcome = Some(outcome);
+            say(&format!(
+                "{} ended: {outcome} after {} ms",
+                p.name,
+                vm.started.elapsed().as_millis()
+            ));
+            if let FaultPolicy::Restart { max } = p.on_fault
+                && outcome.is_fault()
+                && vm.restarts < max
+            {
+                vm.restarts += 1;
+                say(&format!(
+                    "{}: on_fault = restart ({}/{max})",
+                    p.name, vm.restarts
+                ));
+                spawn(sys, opts, &run_dir, vm, true)?;
+            }
+        }
+        if run.vms.iter().all(|v| v.child.is_none()) {
+            break;
+        }
+    }
+    stop_all(&mut run.vms);
+    let rows = run
+        .vms
+        .iter()
+        .map(|vm| {
+            let name = sys.partitions[vm.rank].name.clone();
+            Row {
+                log: opts.log_dir.join(format!("{name}.log")),
+                name,
+                outcome: vm.outcome.unwrap_or(Outcome::Stopped),
+                restarts: vm.restarts,
+            }
+        })
+        .collect();
+    drop(run);
+    Ok(Report {
+        rows,
+        interrupted,
+        timed_out,
+    })
+}
+
+fn mark_up(sys: &System, vms: &mut [Vm], t0: Instant, said: &mut bool) {
+    for vm in vms.iter_mut() {
+        if !vm.up && vm.child.is_some() && vm.connected >= vm.channels {
+            vm.up = true;
+            let p = &sys.partitions[vm.rank];
+            say(&format!(
+                "up: {} (rank {}, {} channel(s)) at {} ms",
+                p.name,
+                vm.rank,
+                vm.channels,
+                vm.started.elapsed().as_millis()
+            ));
+        }
+    }
+    if !*said && vms.iter().all(|v| v.up) {
+        *said = true;
+        say(&format!(
+            "all {} partition(s) up in {} ms",
+            vms.len(),
+            t0.elapsed().as_millis()
+        ));
+    }
+}
+
+fn spawn(
+    sys: &System,
+    opts: &UpOptions,
+    run_dir: &Path,
+    vm: &mut Vm,
+    restart: bool,
+) -> Result<(), LaunchError> {
+    let p = &sys.partitions[vm.rank];
+    let args = guest_args(sys, vm.rank, opts.tsc_khz);
+    let (program, argv) = match p.hypervisor {
+        Hypervisor::Qemu => {
+            let paths = VmPaths {
+                image: opts.images[vm.rank].clone(),
+                qmp: vm.qmp.clone(),
+                doorbells: sys
+                    .channels_of(vm.rank)
+                    .map(|c| {
+                        run_dir.join(format!(
+                            "ch{}-{}.sock",
+                            c.index,
+                            c.end_of(vm.rank).unwrap_or(0)
+                        ))
+                    })
+                    .collect(),
+            };
+            (
+                opts.qemu.clone(),
+                crate::qemu::qemu_args(sys, vm.rank, opts.accel, &paths, &args.join(" ")),
+            )
+        }
+        Hypervisor::Uhyve => {
+            let uhyve = opts
+                .uhyve
+                .clone()
+                .ok_or_else(|| HostError::NoUhyve(p.name.clone()))?;
+            (
+                uhyve,
+                crate::qemu::uhyve_args(sys, vm.rank, &opts.images[vm.rank], &args),
+            )
+        }
+    };
+    let log_path = opts.log_dir.join(format!("{}.log", p.name));
+    let mut log = File::options()
+        .create(true)
+        .append(restart)
+        .write(true)
+        .truncate(!restart)
+        .open(&log_path)
+        .map_err(|source| LaunchError::File {
+            path: log_path.clone(),
+            source,
+        })?;
+    let _ = writeln!(log, "# {} {}", program.display(), shell_words(&argv));
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        name: p.name.clone(),
+        program: program.display().to_string(),
+        source,
+    })?;
+    let log = Arc::new(std::sync::Mutex::new(log));
+    let echo = opts.echo;
+    if let Some(out) = child.stdout.take() {
+        vm.readers.push(prefix_lines(
+            out,
+            format!("[{}] ", p.name),
+            log.clone(),
+            echo,
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        vm.readers
+            .push(prefix_lines(err, format!("[{} qemu] ", p.name), log, true));
+    }
+    vm.child = Some(child);
+    vm.started = Instant::now();
+    vm.connected = 0;
+    vm.up = false;
+    Ok(())
+}
+
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Copies `src` line by line to the log and (if `echo`) to stdout with `prefix`.
+fn prefix_lines(
+    src: impl Read + Send + 'static,
+    prefix: String,
+    log: Arc<std::sync::Mutex<File>>,
+    echo: bool,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(src);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "{prefix}{line}");
+            }
+            if echo {
+                let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
+            }
+            buf.clear();
+        }
+    })
+}
+
+/// Asks a QEMU to quit through QMP. Never blocks for more than about a second.
+pub fn qmp_quit(sock: &Path) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.set_write_timeout(Some(Duration::from_millis(500)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?; // greeting
+    s.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
+    line.clear();
+    r.read_line(&mut line)?;
+    s.write_all(b"{\"execute\":\"quit\"}\n")?;
+    Ok(())
+}
+
+/// Stops every running VM: QMP `quit`, then `SIGKILL` for any still running after
+/// a second.
+fn stop_all(vms: &mut [Vm]) {
+    for vm in vms.iter_mut().filter(|v| v.child.is_some()) {
+        if qmp_quit(&vm.qmp).is_err()
+            && let Some(c) = vm.child.as_mut()
+        {
+            let _ = c.kill();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for vm in vms.iter_mut() {
+        let Some(mut c) = vm.child.take() else {
+            continue;
+        };
+        while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        for r in vm.readers.drain(..) {
+            let _ = r.join();
+        }
+        vm.outcome = Some(Outcome::Stopped);
+    }
+}
