@@ -17,6 +17,12 @@ vmpi_prereqs() {
     if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; then
         rustup target add x86_64-unknown-none
     fi
+    # uhyve boots the same partition images as QEMU (tests/boot.rs); ~2.5 min to build.
+    if ! command -v uhyve >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/uhyve" ]; then
+        echo "vmpi: installing uhyve 0.10.0 (cargo install)"
+        (cd /tmp && cargo install uhyve --version 0.10.0 --locked --quiet) ||
+            echo "vmpi: uhyve could not be installed: uhyve boot tests will be SKIPPED" >&2
+    fi
     if [ -e /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
         echo "vmpi: accelerator kvm (/dev/kvm)"
     else

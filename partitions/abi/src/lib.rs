@@ -160,19 +160,3 @@ pub const MAX_ARGS: usize = 32;
 pub const MAX_CMDLINE: usize = 2048;
 /// Most ivshmem regions the runtime maps.
 pub const MAX_SHM: usize = 8;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qemu_codes_round_trip() {
-        for v in 0..=127u8 {
-            assert_eq!(from_qemu_exit_code(2 * i32::from(v) + 1), Some(v));
-        }
-        assert_eq!(from_qemu_exit_code(0), None);
-        assert_eq!(from_qemu_exit_code(2), None);
-        assert_eq!(from_qemu_exit_code(-1), None);
-        assert_eq!(exit::describe(exit::SERVICE_PAGE_FAULT), "service page fault");
-    }
-}

@@ -11,7 +11,11 @@ rt::entry!(main);
 
 fn main() -> u8 {
     let args: Vec<_> = rt::args().collect();
-    rt::log!("hello from vmpi partition ({:?}), {} args", rt::platform(), args.len());
+    rt::log!(
+        "hello from vmpi partition ({:?}), {} args",
+        rt::platform(),
+        args.len()
+    );
     for (k, v) in &args {
         rt::log!("arg {k}={v}");
     }

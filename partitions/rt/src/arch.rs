@@ -9,7 +9,9 @@ use core::arch::asm;
 #[inline(always)]
 pub(crate) unsafe fn outb(port: u16, v: u8) {
     // SAFETY: the caller vouches for the port.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Reads a byte from an I/O port.
@@ -20,7 +22,9 @@ pub(crate) unsafe fn outb(port: u16, v: u8) {
 pub(crate) unsafe fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: the caller vouches for the port.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 
@@ -31,7 +35,9 @@ pub(crate) unsafe fn inb(port: u16) -> u8 {
 #[inline(always)]
 pub(crate) unsafe fn outl(port: u16, v: u32) {
     // SAFETY: the caller vouches for the port.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack, preserves_flags))
+    }
 }
 
 /// Reads a 32-bit word from an I/O port.
@@ -42,7 +48,9 @@ pub(crate) unsafe fn outl(port: u16, v: u32) {
 pub(crate) unsafe fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: the caller vouches for the port.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags))
+    }
     v
 }
 

@@ -25,11 +25,16 @@ fn number(k: &[u8], v: &[u8]) -> u64 {
         [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
         _ => (v, 10),
     };
-    let parsed = core::str::from_utf8(digits).ok().and_then(|s| u64::from_str_radix(s, radix).ok());
+    let parsed = core::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, radix).ok());
     match parsed {
         Some(n) => n,
         None => {
-            kprint!("vmpi-rt: malformed command line: {} needs a number, got \"", core::str::from_utf8(k).unwrap_or("?"));
+            kprint!(
+                "vmpi-rt: malformed command line: {} needs a number, got \"",
+                core::str::from_utf8(k).unwrap_or("?")
+            );
             console::write(v);
             kprint!("\"\n");
             console::exit(exit::BAD_COMMAND_LINE)
@@ -42,7 +47,12 @@ fn number(k: &[u8], v: &[u8]) -> u64 {
 pub(crate) fn parse() -> Settings {
     // SAFETY: boot, single-threaded.
     let user = unsafe { USER.get() };
-    let mut s = Settings { tsc_khz: None, ecam: None, need_shm: 0, need_doorbell: false };
+    let mut s = Settings {
+        tsc_khz: None,
+        ecam: None,
+        need_shm: 0,
+        need_doorbell: false,
+    };
     let len = user.cmdline_len;
     let line = &user.cmdline[..len];
     let mut i = 0;

@@ -22,7 +22,10 @@ pub(crate) fn write(bytes: &[u8]) {
                 len: u64,
                 buf: u64,
             }
-            let b = Buf { len: bytes.len() as u64, buf: bytes.as_ptr() as u64 };
+            let b = Buf {
+                len: bytes.len() as u64,
+                buf: bytes.as_ptr() as u64,
+            };
             // SAFETY: uhyve's serial hypercall reads `len` bytes at guest-physical
             // `buf` (identity-mapped) and the descriptor in rdi; both stay alive.
             unsafe {
@@ -80,7 +83,9 @@ pub(crate) fn exit(v: u8) -> ! {
     }
     // Still here: no isa-debug-exit device. Say so, then stop the CPU for good:
     // with interrupts off, QEMU keeps running but the message names the cause.
-    kprint!("vmpi-rt: exit status {v} could not be reported (no isa-debug-exit at 0xf4); halting\n");
+    kprint!(
+        "vmpi-rt: exit status {v} could not be reported (no isa-debug-exit at 0xf4); halting\n"
+    );
     // SAFETY: ACPI shutdown ports of microvm/q35 (ignored where absent).
     unsafe {
         outl(0x604, 0x2000);

@@ -17,7 +17,11 @@ static USER_HEAP: Global<Heap> = Global::new(Heap::empty());
 /// CPL 0, once, after paging mapped [`crate::paging::RT_HEAP`].
 pub(crate) unsafe fn init_runtime() {
     // SAFETY: the 2 MiB at RT_HEAP are mapped supervisor-only and unused.
-    unsafe { RT_HEAP.get().init(crate::paging::RT_HEAP as *mut u8, 2 << 20) }
+    unsafe {
+        RT_HEAP
+            .get()
+            .init(crate::paging::RT_HEAP as *mut u8, 2 << 20)
+    }
 }
 
 /// Gives the service its heap. CPL 3, once, before the service's `main`.
@@ -35,13 +39,21 @@ struct Alloc;
 fn heap() -> &'static mut Heap {
     // SAFETY: one CPU; the runtime's heap is used only at CPL 0 with interrupts
     // off, the service's only at CPL 3, which the runtime never interrupts into.
-    unsafe { if cpl() == 0 { RT_HEAP.get() } else { USER_HEAP.get() } }
+    unsafe {
+        if cpl() == 0 {
+            RT_HEAP.get()
+        } else {
+            USER_HEAP.get()
+        }
+    }
 }
 
 // SAFETY: delegates to linked_list_allocator, which returns blocks fitting `l`.
 unsafe impl GlobalAlloc for Alloc {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        heap().allocate_first_fit(l).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+        heap()
+            .allocate_first_fit(l)
+            .map_or(core::ptr::null_mut(), |p| p.as_ptr())
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {

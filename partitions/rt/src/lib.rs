@@ -52,7 +52,10 @@ pub use abi;
 pub use arch::cpl;
 pub use shm::{Doorbell, ShmRegion, shm_regions};
 pub use state::{PciAddress, Platform};
-pub use user::{LineBuf, Wake, arg, args, exit, log_fmt, log_str, wait, yield_now};
+pub use user::{
+    LineBuf, Wake, arg, args, debug_runtime_address, exit, log_fmt, log_raw, log_str, wait,
+    yield_now,
+};
 
 /// Which loader started this partition.
 pub fn platform() -> Platform {

@@ -99,9 +99,9 @@ pub(crate) unsafe fn init(l: &ImageLayout, ram_end: u64) {
             pd0[i] = (i as u64 * MIB2) | P | RW | US | PS | NX;
             i += 1;
         }
-        let pdpt = &mut *(&raw mut boot_pdpt);
+        let pdpt = core::slice::from_raw_parts_mut((&raw mut boot_pdpt).cast::<u64>(), 512);
         pdpt[0] = pd0.as_ptr() as u64 | P | RW | US;
-        let pml4 = &mut *(&raw mut boot_pml4);
+        let pml4 = core::slice::from_raw_parts_mut((&raw mut boot_pml4).cast::<u64>(), 512);
         pml4[0] |= US;
         crate::arch::load_cr3(pml4.as_ptr() as u64);
     }
@@ -111,7 +111,7 @@ pub(crate) unsafe fn init(l: &ImageLayout, ram_end: u64) {
 fn pd_for(va: u64) -> Option<&'static mut [u64; 512]> {
     // SAFETY: CPL 0, interrupts off; the tables are the runtime's own.
     unsafe {
-        let pdpt = &mut *(&raw mut boot_pdpt);
+        let pdpt = core::slice::from_raw_parts_mut((&raw mut boot_pdpt).cast::<u64>(), 512);
         let i = (va >> 30) as usize;
         if i >= 512 {
             return None;
@@ -171,6 +171,8 @@ pub(crate) fn flush() {
 pub(crate) fn user_readable(ptr: u64, len: u64) -> bool {
     // SAFETY: written once at boot.
     let (start, rt, ram_end) = unsafe { *LAYOUT.get() };
-    let Some(end) = ptr.checked_add(len) else { return false };
+    let Some(end) = ptr.checked_add(len) else {
+        return false;
+    };
     (ptr >= start && end <= rt) || (ptr >= USER_STACK && end <= ram_end)
 }

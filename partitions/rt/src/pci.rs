@@ -38,7 +38,10 @@ impl Cfg {
         match self {
             // SAFETY: configuration mechanism #1; the address selects one dword.
             Cfg::Port => unsafe {
-                outl(0xcf8, 0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc));
+                outl(
+                    0xcf8,
+                    0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc),
+                );
                 inl(0xcfc)
             },
             Cfg::Ecam(base) => {
@@ -54,7 +57,10 @@ impl Cfg {
         match self {
             // SAFETY: as in `read`.
             Cfg::Port => unsafe {
-                outl(0xcf8, 0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc));
+                outl(
+                    0xcf8,
+                    0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc),
+                );
                 outl(0xcfc, v)
             },
             Cfg::Ecam(base) => {
@@ -85,7 +91,11 @@ pub(crate) fn probe(ecam: Option<u64>) -> Option<Cfg> {
     paging::flush();
     let c = Cfg::Ecam(MICROVM_ECAM);
     let id = c.read(PciAddress::default(), 0);
-    if id == 0 || id == u32::MAX { None } else { Some(c) }
+    if id == 0 || id == u32::MAX {
+        None
+    } else {
+        Some(c)
+    }
 }
 
 /// A layout error: message, device.
@@ -100,16 +110,28 @@ struct Alloc {
 /// Scans bus 0, sets up every ivshmem device and records it in the user info.
 /// Exits with [`exit::BAD_PCI_LAYOUT`] on anything unexpected.
 pub(crate) fn scan(cfg: Cfg) {
-    let mut al = Alloc { window: WINDOW, regs: REGS, doorbells: 0 };
+    let mut al = Alloc {
+        window: WINDOW,
+        regs: REGS,
+        doorbells: 0,
+    };
     for device in 0..32u8 {
-        let a0 = PciAddress { bus: 0, device, function: 0 };
+        let a0 = PciAddress {
+            bus: 0,
+            device,
+            function: 0,
+        };
         let id0 = cfg.read(a0, 0);
         if id0 & 0xffff == 0xffff || id0 & 0xffff == 0 {
             continue;
         }
         let multi = cfg.read(a0, 0xc) & (0x80 << 16) != 0;
         for function in 0..if multi { 8 } else { 1 } {
-            let a = PciAddress { bus: 0, device, function };
+            let a = PciAddress {
+                bus: 0,
+                device,
+                function,
+            };
             let id = cfg.read(a, 0);
             if id & 0xffff == 0xffff {
                 continue;
@@ -118,7 +140,10 @@ pub(crate) fn scan(cfg: Cfg) {
                 // SAFETY: CPL 0, boot.
                 let user = unsafe { USER.get() };
                 if user.nshm == abi::MAX_SHM {
-                    kprint!("vmpi-rt: ivshmem at {a} ignored (more than {})\n", abi::MAX_SHM);
+                    kprint!(
+                        "vmpi-rt: ivshmem at {a} ignored (more than {})\n",
+                        abi::MAX_SHM
+                    );
                     continue;
                 }
                 match ivshmem(cfg, a, &mut al) {
@@ -278,5 +303,10 @@ fn ivshmem(cfg: Cfg, a: PciAddress, al: &mut Alloc) -> Result<ShmInfo, LayoutErr
     } else {
         cfg.write(a, 4, (cmd & 0xffff) | 0x2);
     }
-    Ok(ShmInfo { pci: a, base: base2 as usize, len: size2 as usize, doorbell })
+    Ok(ShmInfo {
+        pci: a,
+        base: base2 as usize,
+        len: size2 as usize,
+        doorbell,
+    })
 }

@@ -50,7 +50,7 @@ impl ShmInfo {
     }
 
     fn word(&self, offset: usize) -> Option<&AtomicU64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len {
             return None;
         }
         // SAFETY: the 8 aligned bytes lie inside the mapped region, which lives

@@ -50,7 +50,10 @@ unsafe fn copy_cmdline(p: *const u8, max: usize) {
             break;
         }
         if n == abi::MAX_CMDLINE {
-            kprint!("vmpi-rt: command line longer than {} bytes\n", abi::MAX_CMDLINE);
+            kprint!(
+                "vmpi-rt: command line longer than {} bytes\n",
+                abi::MAX_CMDLINE
+            );
             console::exit(exit::BAD_COMMAND_LINE)
         }
         user.cmdline[n] = c;
@@ -125,8 +128,11 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
     user.tsc_khz = k.tsc_khz;
 
     if k.platform == Platform::Qemu {
-        if paging::map_2m(crate::apic::LAPIC_BASE, paging::RW | paging::PCD | paging::PWT | paging::NX)
-            .is_some()
+        if paging::map_2m(
+            crate::apic::LAPIC_BASE,
+            paging::RW | paging::PCD | paging::PWT | paging::NX,
+        )
+        .is_some()
         {
             paging::flush();
             crate::apic::init();
@@ -155,5 +161,10 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
     user.user_tsc = rdtsc();
     // SAFETY: the service's code and stack are mapped user-accessible; the
     // stack top minus 8 gives the ABI's entry alignment.
-    unsafe { crate::trap::enter_user(crate::user::user_entry as *const () as u64, paging::USER_HEAP - 8) }
+    unsafe {
+        crate::trap::enter_user(
+            crate::user::user_entry as *const () as u64,
+            paging::USER_HEAP - 8,
+        )
+    }
 }

@@ -143,7 +143,11 @@ pub(crate) static USER: Global<UserInfo> = Global::new(UserInfo {
     nargs: 0,
     tsc_khz: 0,
     shm: [ShmInfo {
-        pci: PciAddress { bus: 0, device: 0, function: 0 },
+        pci: PciAddress {
+            bus: 0,
+            device: 0,
+            function: 0,
+        },
         base: 0,
         len: 0,
         doorbell: None,

@@ -25,7 +25,10 @@ impl Instant {
 
     /// This instant plus `d`, saturating.
     pub fn after(self, d: Duration) -> Instant {
-        Instant(self.0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
+        Instant(
+            self.0
+                .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// The TSC value at this instant.
@@ -79,7 +82,9 @@ pub(crate) fn calibrate() -> u64 {
         while inb(0x61) & 0x20 == 0 {
             t1 = crate::arch::rdtsc();
             if t1 - t0 > 1 << 36 {
-                crate::console::kprint!("vmpi-rt: no PIT to calibrate the TSC against; pass tsc_khz=\n");
+                crate::console::kprint!(
+                    "vmpi-rt: no PIT to calibrate the TSC against; pass tsc_khz=\n"
+                );
                 crate::console::exit(abi::exit::BAD_BOOT_INFO)
             }
         }

@@ -170,7 +170,7 @@ pub(crate) unsafe fn init() {
         tss.ist[0] = (&raw const dfstack_top) as u64;
         let base = TSS.ptr() as u64;
         let limit = (core::mem::size_of::<Tss>() - 1) as u64;
-        let g = &mut *(&raw mut gdt);
+        let g = core::slice::from_raw_parts_mut((&raw mut gdt).cast::<u64>(), 7);
         g[5] = limit | ((base & 0xff_ffff) << 16) | (0x89 << 40) | (((base >> 24) & 0xff) << 56);
         g[6] = base >> 32;
         asm!("ltr {0:x}", in(reg) TSS_SEL, options(nostack));
@@ -194,7 +194,10 @@ pub(crate) unsafe fn init() {
             limit: u16,
             base: u64,
         }
-        let p = Ptr { limit: (IDT_LEN * 16 - 1) as u16, base: IDT.ptr() as u64 };
+        let p = Ptr {
+            limit: (IDT_LEN * 16 - 1) as u16,
+            base: IDT.ptr() as u64,
+        };
         asm!("lidt [{}]", in(reg) &raw const p, options(nostack, readonly));
     }
 }
@@ -265,7 +268,11 @@ fn user_fault(f: &Frame) -> ! {
             // SAFETY: CPL 0.
             let addr = unsafe { crate::arch::cr2() };
             let e = f.error;
-            let what = if e & 1 == 0 { "page not mapped" } else { "protection violation" };
+            let what = if e & 1 == 0 {
+                "page not mapped"
+            } else {
+                "protection violation"
+            };
             let access = if e & 0x10 != 0 {
                 "instruction fetch"
             } else if e & 2 != 0 {
@@ -284,7 +291,11 @@ fn user_fault(f: &Frame) -> ! {
                 f.rip,
                 f.rsp
             );
-            if guard { exit::SERVICE_STACK_OVERFLOW } else { exit::SERVICE_PAGE_FAULT }
+            if guard {
+                exit::SERVICE_STACK_OVERFLOW
+            } else {
+                exit::SERVICE_PAGE_FAULT
+            }
         }
         _ => {
             kprint!(
@@ -308,8 +319,12 @@ fn user_fault(f: &Frame) -> ! {
 fn runtime_fault(f: &Frame) -> ! {
     let v = f.vector as usize;
     let name = NAMES.get(v).copied().unwrap_or("unexpected interrupt");
-    // SAFETY: CPL 0.
-    let cr2 = if v == 14 { unsafe { crate::arch::cr2() } } else { 0 };
+    let cr2 = if v == 14 {
+        // SAFETY: CPL 0.
+        unsafe { crate::arch::cr2() }
+    } else {
+        0
+    };
     kprint!(
         "vmpi-rt: runtime {} (vector {}, error code {:#x}) at rip {:#x}, address {:#x}\n",
         name,
@@ -318,11 +333,20 @@ fn runtime_fault(f: &Frame) -> ! {
         f.rip,
         cr2
     );
-    console::exit(if v == 8 { exit::DOUBLE_FAULT } else { exit::RUNTIME_FAULT })
+    console::exit(if v == 8 {
+        exit::DOUBLE_FAULT
+    } else {
+        exit::RUNTIME_FAULT
+    })
 }
 
 fn bad_syscall(f: &Frame, why: &str) -> ! {
-    kprint!("vmpi-rt: service bad system call {} at rip {:#x}: {}\n", f.rax, f.rip, why);
+    kprint!(
+        "vmpi-rt: service bad system call {} at rip {:#x}: {}\n",
+        f.rax,
+        f.rip,
+        why
+    );
     console::exit(exit::SERVICE_BAD_SYSCALL)
 }
 

@@ -16,7 +16,10 @@ pub(crate) fn boot(info: u64) -> u64 {
     }
     // SAFETY: uhyve passes a valid RawBootInfo in identity-mapped RAM.
     let bi = BootInfo::from(unsafe { *(info as *const RawBootInfo) });
-    if let PlatformInfo::Uhyve { cpu_freq: Some(f), .. } = bi.platform_info {
+    if let PlatformInfo::Uhyve {
+        cpu_freq: Some(f), ..
+    } = bi.platform_info
+    {
         // SAFETY: boot, single-threaded.
         unsafe { K.get() }.tsc_khz = u64::from(f.get());
     }
@@ -73,13 +76,18 @@ fn bootargs(fdt: u64) {
                 let nameoff = u64::from(be32(p + 4));
                 let val = p + 8;
                 // SAFETY: property names live in the strings block, NUL-terminated.
-                let name = unsafe { core::ffi::CStr::from_ptr((strings + nameoff) as *const core::ffi::c_char) };
+                let name = unsafe {
+                    core::ffi::CStr::from_ptr((strings + nameoff) as *const core::ffi::c_char)
+                };
                 if in_chosen && depth == 2 && name.to_bytes() == b"bootargs" && val + len <= end {
                     // SAFETY: boot, single-threaded.
                     let user = unsafe { USER.get() };
                     let n = len as usize;
                     if n > abi::MAX_CMDLINE {
-                        kprint!("vmpi-rt: command line longer than {} bytes\n", abi::MAX_CMDLINE);
+                        kprint!(
+                            "vmpi-rt: command line longer than {} bytes\n",
+                            abi::MAX_CMDLINE
+                        );
                         console::exit(exit::BAD_COMMAND_LINE)
                     }
                     for i in 0..n {

@@ -87,7 +87,10 @@ pub struct LineBuf {
 impl LineBuf {
     /// An empty line.
     pub const fn new() -> Self {
-        Self { buf: [0; 512], len: 0 }
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
     }
 
     /// The text so far.
@@ -157,7 +160,8 @@ pub fn args() -> impl Iterator<Item = (&'static str, &'static str)> {
     // SAFETY: written once before the service started; read-only since.
     let u: &'static crate::state::UserInfo = unsafe { USER.get() };
     u.args[..u.nargs].iter().map(move |&(ks, ke, vs, ve)| {
-        let s = |a: u16, b: u16| core::str::from_utf8(&u.cmdline[a as usize..b as usize]).unwrap_or("");
+        let s =
+            |a: u16, b: u16| core::str::from_utf8(&u.cmdline[a as usize..b as usize]).unwrap_or("");
         (s(ks, ke), s(vs, ve))
     })
 }
@@ -165,4 +169,16 @@ pub fn args() -> impl Iterator<Item = (&'static str, &'static str)> {
 /// The value of the last `key=...` on the command line.
 pub fn arg(key: &str) -> Option<&'static str> {
     args().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+}
+
+/// Logs `len` bytes at address `ptr` through the system call as it is, without
+/// checks on this side: for tests that the runtime refuses foreign buffers.
+pub fn log_raw(ptr: usize, len: usize) {
+    syscall(sys::LOG, ptr as u64, len as u64);
+}
+
+/// An address inside the runtime's private data (for fault-injection tests:
+/// the service reading it must page-fault).
+pub fn debug_runtime_address() -> usize {
+    crate::boot::layout().rt as usize
 }

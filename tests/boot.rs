@@ -1,0 +1,325 @@
+//! Boot tests: real partitions under QEMU (KVM or TCG, printed) and uhyve.
+
+use abi::exit;
+use std::time::Duration;
+use vmpi_tests::{Machine, ShmFile, Vm, image, uhyve};
+
+const TSC: &str = "tsc_khz=2000000";
+
+fn hello(machine: Machine) {
+    let out = Vm::qemu(
+        machine,
+        &image("hello"),
+        64,
+        &format!("{TSC} name=world status=7"),
+    )
+    .run();
+    assert!(!out.timed_out, "{machine:?}: timed out\n{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("hello from vmpi partition (Qemu), 3 args"),
+        "{machine:?} output:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("arg name=world"), "{}", out.stdout);
+    assert_eq!(
+        out.qemu_status(),
+        Some(7),
+        "{machine:?}: code {:?}\n{}",
+        out.code,
+        out.stdout
+    );
+}
+
+#[test]
+fn hello_microvm_pcie() {
+    hello(Machine::MicrovmPcie);
+}
+
+#[test]
+fn hello_microvm() {
+    hello(Machine::Microvm);
+}
+
+#[test]
+fn hello_q35_qboot() {
+    hello(Machine::Q35Qboot);
+}
+
+#[test]
+fn hello_without_tsc_khz_calibrates() {
+    let out = Vm::qemu(Machine::MicrovmPcie, &image("hello"), 64, "status=3").run();
+    assert_eq!(out.qemu_status(), Some(3), "{:?}\n{}", out.code, out.stdout);
+}
+
+#[test]
+fn hello_uhyve() {
+    let Some(u) = uhyve() else {
+        eprintln!("hello_uhyve: SKIPPED: uhyve unavailable");
+        return;
+    };
+    let out = Vm::uhyve(&u, &image("hello"), 32, &["name=world", "status=7"]).run();
+    assert!(
+        out.stdout
+            .contains("hello from vmpi partition (Uhyve), 2 args"),
+        "uhyve output:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("arg name=world"), "{}", out.stdout);
+    // uhyve exits with the status as it is.
+    assert_eq!(out.code, Some(7), "{}\n{}", out.stdout, out.stderr);
+}
+
+fn faulty(fault: &str) -> vmpi_tests::Outcome {
+    Vm::qemu(
+        Machine::Microvm,
+        &image("faulty"),
+        64,
+        &format!("{TSC} fault={fault}"),
+    )
+    .run()
+}
+
+#[test]
+fn service_faults_are_reported() {
+    let cases: &[(&str, u8, &str)] = &[
+        (
+            "null",
+            exit::SERVICE_PAGE_FAULT,
+            "service page fault: read at address 0x0 (page not mapped",
+        ),
+        ("runtime", exit::SERVICE_PAGE_FAULT, "(protection violation"),
+        (
+            "write-code",
+            exit::SERVICE_PAGE_FAULT,
+            "service page fault: write at address",
+        ),
+        (
+            "gp",
+            exit::SERVICE_GP_FAULT,
+            "service general protection fault (vector 13",
+        ),
+        (
+            "ud",
+            exit::SERVICE_INVALID_OPCODE,
+            "service invalid opcode (vector 6",
+        ),
+        (
+            "panic",
+            exit::SERVICE_PANIC,
+            "deliberate panic (fault=panic)",
+        ),
+        (
+            "stack",
+            exit::SERVICE_STACK_OVERFLOW,
+            "service stack overflow",
+        ),
+        (
+            "div",
+            exit::SERVICE_EXCEPTION,
+            "service divide error (vector 0",
+        ),
+        (
+            "oom",
+            exit::SERVICE_PANIC,
+            "memory allocation of 2147483648 bytes failed",
+        ),
+        (
+            "bad-exit",
+            exit::SERVICE_BAD_SYSCALL,
+            "exit status above 99",
+        ),
+        (
+            "bad-log",
+            exit::SERVICE_BAD_SYSCALL,
+            "buffer outside the service's memory",
+        ),
+        ("none", exit::SUCCESS, "about to fault: none"),
+    ];
+    for &(fault, status, text) in cases {
+        let out = faulty(fault);
+        assert!(
+            out.stdout.contains(text),
+            "fault={fault}: want {text:?} in:\n{}",
+            out.stdout
+        );
+        assert!(
+            !out.stdout.contains("still running"),
+            "fault={fault}:\n{}",
+            out.stdout
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(status),
+            "fault={fault}: code {:?}\n{}",
+            out.code,
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn malformed_command_line_is_refused() {
+    for (append, text) in [
+        ("tsc_khz=2000000 novalue", "no '=' in: \"novalue\""),
+        ("=x", "empty key"),
+        ("tsc_khz=fast", "tsc_khz needs a number"),
+        ("need_shm=99", "more shared-memory devices"),
+    ] {
+        let out = Vm::qemu(Machine::Microvm, &image("hello"), 64, append).run();
+        assert!(
+            out.stdout.contains(text),
+            "{append}: want {text:?} in:\n{}",
+            out.stdout
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(exit::BAD_COMMAND_LINE),
+            "{append}: {:?}",
+            out.code
+        );
+    }
+    let long = format!("k={}", "x".repeat(3000));
+    let out = Vm::qemu(Machine::Microvm, &image("hello"), 64, &long).run();
+    assert!(
+        out.stdout.contains("command line longer than"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.qemu_status(), Some(exit::BAD_COMMAND_LINE));
+}
+
+#[test]
+fn too_little_memory_is_refused() {
+    let out = Vm::qemu(Machine::Microvm, &image("hello"), 8, TSC).run();
+    assert!(out.stdout.contains("too little memory"), "{}", out.stdout);
+    assert_eq!(
+        out.qemu_status(),
+        Some(exit::TOO_LITTLE_MEMORY),
+        "{:?}",
+        out.code
+    );
+}
+
+#[test]
+fn missing_device_is_refused() {
+    for machine in [Machine::Microvm, Machine::MicrovmPcie] {
+        let out = Vm::qemu(machine, &image("hello"), 64, &format!("{TSC} need_shm=1")).run();
+        assert!(
+            out.stdout.contains("missing device"),
+            "{machine:?}: {}",
+            out.stdout
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(exit::MISSING_DEVICE),
+            "{machine:?}: {:?}",
+            out.code
+        );
+    }
+}
+
+#[test]
+fn ivshmem_is_found_and_mapped() {
+    for (machine, shm_size) in [
+        (Machine::MicrovmPcie, 2u64 << 20),
+        (Machine::Q35Qboot, 64 << 10),
+    ] {
+        let shm = ShmFile::new(&format!("map-{machine:?}"), shm_size);
+        let out = Vm::qemu(
+            machine,
+            &image("pingpong"),
+            64,
+            &format!("{TSC} need_shm=1 role=none"),
+        )
+        .shm("s0", &shm)
+        .run();
+        let want = format!("({} KiB at 0x", shm_size >> 10);
+        assert!(
+            out.stdout.contains(&want),
+            "{machine:?}: want {want:?} in:\n{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("role must be ping or pong"),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(2),
+            "{machine:?}: {:?}\n{}",
+            out.code,
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn two_partitions_exchange_data_both_ways() {
+    let shm = ShmFile::new("pingpong", 2 << 20);
+    let args = |role: &str| format!("{TSC} need_shm=1 role={role} iters=2000 timeout_ms=30000");
+    let t = Duration::from_secs(90);
+    let pong = Vm::qemu(Machine::MicrovmPcie, &image("pingpong"), 64, &args("pong"))
+        .shm("s0", &shm)
+        .timeout(t)
+        .spawn();
+    let ping = Vm::qemu(Machine::MicrovmPcie, &image("pingpong"), 64, &args("ping"))
+        .shm("s0", &shm)
+        .timeout(t)
+        .spawn();
+    let ping = ping.wait();
+    let pong = pong.wait();
+    assert!(
+        ping.stdout
+            .contains("ping received \"greetings from pong\""),
+        "ping:\n{}",
+        ping.stdout
+    );
+    assert!(
+        pong.stdout
+            .contains("pong received \"greetings from ping\""),
+        "pong:\n{}",
+        pong.stdout
+    );
+    assert!(
+        ping.stdout.contains("rtt_cycles n=2000"),
+        "ping:\n{}",
+        ping.stdout
+    );
+    assert!(
+        pong.stdout.contains("pong done after 2000 round trips"),
+        "pong:\n{}",
+        pong.stdout
+    );
+    assert_eq!(
+        ping.qemu_status(),
+        Some(0),
+        "ping {:?}\n{}",
+        ping.code,
+        ping.stdout
+    );
+    assert_eq!(
+        pong.qemu_status(),
+        Some(0),
+        "pong {:?}\n{}",
+        pong.code,
+        pong.stdout
+    );
+}
+
+#[test]
+fn qemu_exit_codes_round_trip() {
+    for v in 0..=127u8 {
+        assert_eq!(abi::from_qemu_exit_code(2 * i32::from(v) + 1), Some(v));
+    }
+    assert_eq!(abi::from_qemu_exit_code(0), None);
+    assert_eq!(abi::from_qemu_exit_code(2), None);
+    assert_eq!(abi::from_qemu_exit_code(-1), None);
+    assert_eq!(
+        exit::describe(exit::SERVICE_PAGE_FAULT),
+        "service page fault"
+    );
+}
