@@ -69,5 +69,5 @@ pub mod wire;
 
 pub use id::{EdgeId, PartitionId};
 pub use rights::{RightsBuilder, RightsTable};
-pub use supervisor::{Action, Monitor, Supervisor};
+pub use supervisor::{Action, FloodAction, Monitor, Supervisor, SupervisorConfig};
 pub use verdict::Verdict;

@@ -50,6 +50,27 @@ impl Action {
     }
 }
 
+/// What the monitor does to a sender convicted of flooding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FloodAction {
+    /// Revoke all its channels and kill it; then its failure policy applies.
+    #[default]
+    Kill,
+    /// Revoke the flooded edge only.
+    Revoke,
+    /// Only log the verdict (and keep metering).
+    Report,
+}
+
+/// How the supervisor judges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    /// A live partition silent for longer than this is convicted as hung (`None`: never).
+    pub heartbeat_timeout_ns: Option<u64>,
+    /// What to do with a flooder.
+    pub on_flood: FloodAction,
+}
+
 #[derive(Clone, Debug)]
 struct Slot {
     id: PartitionId,
@@ -64,13 +85,12 @@ struct Slot {
 pub struct Supervisor {
     table: RightsTable,
     slots: Vec<Slot>,
-    heartbeat_timeout_ns: Option<u64>,
+    config: SupervisorConfig,
 }
 
 impl Supervisor {
-    /// Supervises the partitions of `table`, all alive at `now_ns`. With a heartbeat
-    /// timeout, a partition silent for longer is convicted as hung by [`Supervisor::tick`].
-    pub fn new(table: RightsTable, now_ns: u64, heartbeat_timeout_ns: Option<u64>) -> Self {
+    /// Supervises the partitions of `table`, all alive at `now_ns`.
+    pub fn new(table: RightsTable, config: SupervisorConfig, now_ns: u64) -> Self {
         let slots = table
             .partitions()
             .iter()
@@ -85,7 +105,7 @@ impl Supervisor {
         Self {
             table,
             slots,
-            heartbeat_timeout_ns,
+            config,
         }
     }
 
@@ -140,6 +160,13 @@ impl Supervisor {
         };
         if !self.is_current(id) {
             return Vec::new();
+        }
+        if let Verdict::Flood { edge, .. } = verdict {
+            match self.config.on_flood {
+                FloodAction::Kill => {}
+                FloodAction::Revoke => return vec![Action::Log(verdict), Action::Revoke(edge)],
+                FloodAction::Report => return vec![Action::Log(verdict)],
+            }
         }
         let mut actions = vec![Action::Log(verdict)];
         actions.extend(self.edges_of(id.index).map(|(e, _)| Action::Revoke(e)));
@@ -243,7 +270,7 @@ impl Supervisor {
 
     /// Convicts every live partition whose last heartbeat is older than the timeout.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Action> {
-        let Some(timeout) = self.heartbeat_timeout_ns else {
+        let Some(timeout) = self.config.heartbeat_timeout_ns else {
             return Vec::new();
         };
         let hung: Vec<Verdict> = self
@@ -272,19 +299,20 @@ impl Monitor {
     /// Monitors `table` from `now_ns`, every edge metered from counters at zero.
     pub fn new(
         table: RightsTable,
-        config: MeterConfig,
+        meter: MeterConfig,
+        config: SupervisorConfig,
         now_ns: u64,
-        heartbeat_timeout_ns: Option<u64>,
     ) -> Self {
-        let mut meter = Meter::new(config);
+        let mut m = Meter::new(meter);
         for e in table.edges() {
             if let Some(from) = table.partition(e.from) {
-                meter.open(e.id, from.id(), e.rights.quota, now_ns, Counters::default());
+                m.open(e.id, from.id(), e.rights.quota, now_ns, Counters::default());
             }
         }
+        let supervisor = Supervisor::new(table, config, now_ns);
         Self {
-            supervisor: Supervisor::new(table, now_ns, heartbeat_timeout_ns),
-            meter,
+            supervisor,
+            meter: m,
         }
     }
 
@@ -301,11 +329,20 @@ impl Monitor {
     /// One round of the monitor's loop: meter every edge, convict flooders and hung
     /// partitions.
     pub fn poll(&mut self, now_ns: u64, counters: &impl ChannelCounters) -> Vec<Action> {
-        let verdicts = self.meter.poll(now_ns, counters);
-        let mut actions: Vec<Action> = verdicts
-            .into_iter()
-            .flat_map(|v| self.supervisor.convict(v))
-            .collect();
+        let mut actions = Vec::new();
+        for verdict in self.meter.poll(now_ns, counters) {
+            let decided = self.supervisor.convict(verdict);
+            // A flooder left alone (FloodAction::Report) is metered afresh from here.
+            if let Verdict::Flood { edge, from, .. } = verdict
+                && !decided.contains(&Action::Revoke(edge))
+                && self.supervisor.is_current(from)
+                && let Some(e) = self.supervisor.table().edge_by_id(edge)
+            {
+                let base = counters.produced(edge);
+                self.meter.open(edge, from, e.rights.quota, now_ns, base);
+            }
+            actions.extend(decided);
+        }
         actions.extend(self.supervisor.tick(now_ns));
         self.follow(actions)
     }

@@ -7,7 +7,7 @@ use monitor::control::{FaultKind, FromPartition, Hostile, LauncherEvent};
 use monitor::meter::{ChannelCounters, Counters, MeterConfig};
 use monitor::rights::{EdgeRights, Policy, Quota, RightsBuilder, RightsTable};
 use monitor::verdict::Verdict;
-use monitor::{Action, EdgeId, Monitor, PartitionId, Supervisor};
+use monitor::{Action, EdgeId, FloodAction, Monitor, PartitionId, Supervisor, SupervisorConfig};
 use proptest::prelude::*;
 
 const QUOTA: Quota = Quota {
@@ -22,6 +22,10 @@ const OPEN: EdgeRights = EdgeRights {
     quota: QUOTA,
 };
 const MS: u64 = 1_000_000;
+const HEARTBEAT: SupervisorConfig = SupervisorConfig {
+    heartbeat_timeout_ns: Some(100 * MS),
+    on_flood: FloodAction::Kill,
+};
 
 /// client(0, stop) <-> fs(1, restart 2) <-> net(2, stop); edges:
 /// e0 client->fs, e1 fs->client, e2 fs->net, e3 net->fs.
@@ -54,7 +58,7 @@ fn fault(s: &mut Supervisor, who: PartitionId, at_ns: u64) -> Vec<Action> {
 
 #[test]
 fn stop_policy_revokes_kills_and_stays_dead() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     let a = fault(&mut s, id(0, 0), 5);
     let verdict = Verdict::Fault {
         id: id(0, 0),
@@ -85,7 +89,7 @@ fn stop_policy_revokes_kills_and_stays_dead() {
 
 #[test]
 fn restart_policy_bumps_the_generation_up_to_its_limit() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     let a = fault(&mut s, id(1, 0), 10);
     assert_eq!(
         &a[1..],
@@ -125,7 +129,7 @@ fn restart_policy_bumps_the_generation_up_to_its_limit() {
 
 #[test]
 fn a_restart_does_not_reopen_edges_to_dead_peers() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     fault(&mut s, id(0, 0), 1);
     let a = fault(&mut s, id(1, 0), 2);
     let reopened: Vec<_> = a
@@ -140,7 +144,7 @@ fn a_restart_does_not_reopen_edges_to_dead_peers() {
 
 #[test]
 fn the_published_view_carries_the_new_generation() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     fault(&mut s, id(1, 0), 1);
     let fs = RightsTable::decode(&s.publish(1).unwrap()).unwrap();
     assert_eq!(fs.viewer(), Some(id(1, 1)));
@@ -168,7 +172,7 @@ fn hostile_control_records_convict_the_channel_owner() {
         ),
     ];
     for (bytes, reason) in cases {
-        let mut s = Supervisor::new(table(), 0, None);
+        let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
         let a = s.on_partition(0, &bytes, 7);
         assert_eq!(
             a[0],
@@ -185,7 +189,7 @@ fn hostile_control_records_convict_the_channel_owner() {
 
 #[test]
 fn accusations_are_logged_not_acted_upon() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     let report = |peer, edge| {
         FromPartition::Malformed {
             id: id(1, 0),
@@ -209,7 +213,7 @@ fn accusations_are_logged_not_acted_upon() {
 
 #[test]
 fn heartbeats_and_hangs() {
-    let mut s = Supervisor::new(table(), 0, Some(100 * MS));
+    let mut s = Supervisor::new(table(), HEARTBEAT, 0);
     let beat = |who: PartitionId| FromPartition::Heartbeat { id: who }.encode();
     assert!(s.tick(100 * MS).is_empty());
     assert!(s.on_partition(0, &beat(id(0, 0)), 90 * MS).is_empty());
@@ -237,7 +241,7 @@ fn heartbeats_and_hangs() {
 
 #[test]
 fn launcher_exits() {
-    let mut s = Supervisor::new(table(), 0, None);
+    let mut s = Supervisor::new(table(), SupervisorConfig::default(), 0);
     let exited = |who, status| LauncherEvent::Exited { id: who, status }.encode();
     let a = s.on_launcher(&exited(id(2, 0), 139), 9).unwrap();
     assert_eq!(
@@ -266,7 +270,7 @@ proptest! {
             .allow("a", "b", OPEN)
             .build()
             .unwrap();
-        let mut s = Supervisor::new(t, 0, None);
+        let mut s = Supervisor::new(t, SupervisorConfig::default(), 0);
         let mut seen: HashSet<PartitionId> = (0..3).map(|i| id(i, 0)).collect();
         let mut stale = Vec::new();
         for (n, (index, use_stale)) in faults.into_iter().enumerate() {
@@ -301,7 +305,12 @@ impl ChannelCounters for Rings {
 
 #[test]
 fn monitor_convicts_a_flooder_and_spares_the_others() {
-    let mut m = Monitor::new(table(), MeterConfig::default(), 0, None);
+    let mut m = Monitor::new(
+        table(),
+        MeterConfig::default(),
+        SupervisorConfig::default(),
+        0,
+    );
     let mut rings = Rings(HashMap::new());
     // net floods fs at 10 M msg/s against 10,000/s; client -> fs behaves (5,000/s).
     for step in 1..=5u64 {
@@ -353,7 +362,12 @@ fn monitor_convicts_a_flooder_and_spares_the_others() {
 
 #[test]
 fn monitor_meters_a_reopened_edge_from_its_fresh_base() {
-    let mut m = Monitor::new(table(), MeterConfig::default(), 0, None);
+    let mut m = Monitor::new(
+        table(),
+        MeterConfig::default(),
+        SupervisorConfig::default(),
+        0,
+    );
     let record = FromPartition::Fault {
         id: id(1, 0),
         fault: FaultKind::Other,
@@ -390,4 +404,59 @@ fn monitor_meters_a_reopened_edge_from_its_fresh_base() {
     );
     assert!(a.contains(&Action::Restart(id(1, 2))));
     assert_eq!(m.on_launcher(&[0; 32], 5 * MS), Err(Hostile::BadMagic));
+}
+
+#[test]
+fn milder_flood_actions() {
+    let flood = |now| {
+        Rings(HashMap::from([(
+            EdgeId(3),
+            Counters {
+                msgs: now / 1000,
+                bytes: 0,
+            },
+        )]))
+    };
+    // Revoke: only the flooded edge goes; net lives on.
+    let config = SupervisorConfig {
+        on_flood: FloodAction::Revoke,
+        ..SupervisorConfig::default()
+    };
+    let mut m = Monitor::new(table(), MeterConfig::default(), config, 0);
+    let a = m.poll(MS, &flood(MS));
+    assert!(
+        matches!(
+            a[..],
+            [
+                Action::Log(Verdict::Flood { .. }),
+                Action::Revoke(EdgeId(3))
+            ]
+        ),
+        "{a:?}"
+    );
+    assert!(m.supervisor().is_current(id(2, 0)));
+    assert!(!m.meter().is_open(EdgeId(3)) && m.meter().is_open(EdgeId(2)));
+    // Report: logged, metered afresh from the counters seen, and reported again later.
+    let config = SupervisorConfig {
+        on_flood: FloodAction::Report,
+        ..SupervisorConfig::default()
+    };
+    let mut m = Monitor::new(table(), MeterConfig::default(), config, 0);
+    assert!(matches!(
+        m.poll(MS, &flood(MS))[..],
+        [Action::Log(Verdict::Flood { .. })]
+    ));
+    assert!(m.meter().is_open(EdgeId(3)));
+    assert!(m.poll(MS + 1000, &flood(MS)).is_empty(), "nothing new sent");
+    let a = m.poll(2 * MS, &flood(2 * MS));
+    assert!(
+        matches!(
+            a[..],
+            [Action::Log(Verdict::Flood {
+                window_start_ns: 1_001_000,
+                ..
+            })]
+        ),
+        "{a:?}"
+    );
 }
