@@ -91,6 +91,8 @@ pub struct Partition {
     pub generation: u16,
     /// Failure policy.
     pub policy: Policy,
+    /// Whether this is the monitor partition (never convicted, cannot be restarted).
+    pub monitor: bool,
 }
 
 impl Partition {
@@ -261,6 +263,7 @@ pub struct RightsBuilder {
     groups: Vec<(String, Vec<String>)>,
     grants: Vec<(String, String, EdgeRights)>,
     no_nonblocking: Vec<String>,
+    monitor: Option<String>,
 }
 
 impl RightsBuilder {
@@ -289,6 +292,12 @@ impl RightsBuilder {
         self
     }
 
+    /// Marks `partition` as the monitor partition (its policy must be stop).
+    pub fn monitor(&mut self, partition: &str) -> &mut Self {
+        self.monitor = Some(partition.to_string());
+        self
+    }
+
     /// Forbids non-blocking sends on every edge from `partition`.
     pub fn forbid_nonblocking(&mut self, partition: &str) -> &mut Self {
         self.no_nonblocking.push(partition.to_string());
@@ -310,6 +319,7 @@ impl RightsBuilder {
                 index: index as u16,
                 name,
                 generation: 0,
+                monitor: false,
                 policy,
             });
         }
@@ -365,6 +375,10 @@ impl RightsBuilder {
                     to: to.clone(),
                 });
             }
+        }
+        if let Some(name) = &self.monitor {
+            let index = table.lookup(name, "monitor partition")?;
+            table.partitions[index as usize].monitor = true;
         }
         for name in &self.no_nonblocking {
             let index = table.lookup(name, "forbid-nonblocking partition")?;
@@ -558,6 +572,12 @@ impl RightsTable {
             known |= 1 << p.index;
             let name = p.name.clone();
             match p.policy {
+                Policy::Restart { .. } if p.monitor => {
+                    return Err(BadPolicy {
+                        name,
+                        why: "the monitor cannot restart itself",
+                    });
+                }
                 Policy::Restart { limit: 0 } => {
                     return Err(BadPolicy {
                         name,
@@ -572,6 +592,18 @@ impl RightsTable {
                 }
                 _ => {}
             }
+        }
+        if self.partitions.iter().filter(|p| p.monitor).count() > 1 {
+            let index = self
+                .partitions
+                .iter()
+                .rev()
+                .find(|p| p.monitor)
+                .map_or(0, |p| p.index);
+            return Err(UnknownIndex {
+                index,
+                role: "second monitor",
+            });
         }
         self.check_names()?;
         if let Some(index) = self.viewer.filter(|&v| v >= 64 || known & (1 << v) == 0) {
@@ -672,9 +704,10 @@ impl fmt::Display for RightsTable {
                 Policy::Stop => String::from("stop"),
                 Policy::Restart { limit } => alloc::format!("restart (limit {limit})"),
             };
+            let role = if p.monitor { " (monitor)" } else { "" };
             writeln!(
                 f,
-                "  {:>2} {:<16} gen {:<3} on failure: {policy}",
+                "  {:>2} {:<16} gen {:<3} on failure: {policy}{role}",
                 p.index, p.name, p.generation
             )?;
         }

@@ -153,13 +153,16 @@ impl Supervisor {
 
     /// Carries out a verdict: revoke the culprit's channels, kill it, then restart it or
     /// leave it dead as its policy says. Verdicts about a stale or dead incarnation do
-    /// nothing; a verdict without culprit is only logged.
+    /// nothing; a verdict without culprit, or against the monitor, is only logged.
     pub fn convict(&mut self, verdict: Verdict) -> Vec<Action> {
         let Some(id) = verdict.culprit() else {
             return vec![Action::Log(verdict)];
         };
         if !self.is_current(id) {
             return Vec::new();
+        }
+        if self.table.partition(id.index).is_some_and(|p| p.monitor) {
+            return vec![Action::Log(verdict)]; // the monitor does not convict itself
         }
         if let Verdict::Flood { edge, .. } = verdict {
             match self.config.on_flood {

@@ -10,7 +10,7 @@
 //!                 partitions u16, groups u16, edges u16, reserved u16 = 0,
 //!                 total_len u32, checksum u32 (FNV-1a of the records), reserved [u8; 8] = 0
 //! partition 48 B  index u16, generation u16, policy u32 (1 stop, 2 restart),
-//!                 restart limit u32 (0 for stop), reserved u32 = 0, name [u8; 32]
+//!                 restart limit u32 (0 for stop), flags u32 (bit 0 monitor), name [u8; 32]
 //! group     48 B  index u16, reserved u16 + u32 = 0, members u64, name [u8; 32]
 //! edge      48 B  id u16, from u16, to u16, flags u16 (bit 0 tag range, bit 1 isend ok),
 //!                 tag_lo u32, tag_hi u32 (both 0 without range), msgs/s u64,
@@ -67,7 +67,7 @@ struct PartitionRec {
     generation: U16,
     policy: U32,
     limit: U32,
-    reserved: U32,
+    flags: U32,
     name: [u8; MAX_NAME],
 }
 
@@ -129,7 +129,7 @@ pub enum DecodeError {
         /// Offset of the record.
         offset: usize,
     },
-    /// Unknown edge flags at this byte offset.
+    /// Unknown partition or edge flags at this byte offset.
     BadFlags {
         /// Offset of the record.
         offset: usize,
@@ -148,7 +148,7 @@ impl fmt::Display for DecodeError {
             Self::BadChecksum => write!(f, "rights image: checksum mismatch"),
             Self::NonZero { offset } => write!(f, "rights image: nonzero reserved at {offset}"),
             Self::BadPolicy { offset } => write!(f, "rights image: bad policy at {offset}"),
-            Self::BadFlags { offset } => write!(f, "rights image: bad edge flags at {offset}"),
+            Self::BadFlags { offset } => write!(f, "rights image: bad flags at {offset}"),
             Self::Invalid(e) => write!(f, "rights image: {e}"),
         }
     }
@@ -197,7 +197,7 @@ impl RightsTable {
                 generation: p.generation.into(),
                 policy: U32::new(policy),
                 limit: limit.into(),
-                reserved: U32::ZERO,
+                flags: U32::new(p.monitor as u32),
                 name: encode_name(&p.name),
             };
             body.extend_from_slice(rec.as_bytes());
@@ -299,14 +299,15 @@ impl RightsTable {
                 (2, limit) => Policy::Restart { limit },
                 _ => return Err(DecodeError::BadPolicy { offset }),
             };
-            if rec.reserved.get() != 0 {
-                return Err(DecodeError::NonZero { offset });
+            if rec.flags.get() > 1 {
+                return Err(DecodeError::BadFlags { offset });
             }
             table.partitions.push(Partition {
                 index: rec.index.get(),
                 name: decode_name(&rec.name, offset)?,
                 generation: rec.generation.get(),
                 policy,
+                monitor: rec.flags.get() == 1,
             });
         }
         for (offset, raw) in (0..ng).filter_map(|_| next()) {

@@ -263,3 +263,24 @@ fn display_prints_the_table() {
     }
     assert!(t.view(3).unwrap().to_string().contains("rights of net"));
 }
+
+#[test]
+fn the_monitor_partition_cannot_restart_itself() {
+    let mut b = system();
+    b.partition("mon", Policy::Stop).monitor("mon");
+    let t = b.build().unwrap();
+    let flags: Vec<bool> = t.partitions().iter().map(|p| p.monitor).collect();
+    assert_eq!(flags, [false, false, false, false, true]);
+    assert!(t.to_string().contains("stop (monitor)"));
+    let mut b = system();
+    b.monitor("fs");
+    let e = err(&b);
+    assert!(
+        matches!(&e, RightsError::BadPolicy { name, .. } if name == "fs"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("cannot restart itself"));
+    let mut b = system();
+    b.monitor("mon");
+    assert!(matches!(err(&b), RightsError::UnknownName { name, .. } if name == "mon"));
+}

@@ -460,3 +460,22 @@ fn milder_flood_actions() {
         "{a:?}"
     );
 }
+
+#[test]
+fn the_monitor_is_never_convicted() {
+    let t = RightsBuilder::new()
+        .partition("mon", Policy::Stop)
+        .partition("fs", Policy::Stop)
+        .monitor("mon")
+        .allow("mon", "fs", OPEN)
+        .build()
+        .unwrap();
+    let mut s = Supervisor::new(t, SupervisorConfig::default(), 0);
+    let a = fault(&mut s, id(0, 0), 1);
+    assert!(
+        matches!(a[..], [Action::Log(Verdict::Fault { .. })]),
+        "{a:?}"
+    );
+    assert!(s.is_current(id(0, 0)));
+    assert!(fault(&mut s, id(1, 0), 2).contains(&Action::Kill(id(1, 0))));
+}

@@ -145,6 +145,28 @@ fn invalid_content_is_rejected_even_when_sealed() {
         RightsTable::decode(&bad),
         Err(DecodeError::NonZero { offset: HEADER_LEN })
     );
+    // Unknown partition flags; two monitors.
+    let mut bad = image.clone();
+    bad[HEADER_LEN + 12] = 2;
+    reseal(&mut bad);
+    assert_eq!(
+        RightsTable::decode(&bad),
+        Err(DecodeError::BadFlags { offset: HEADER_LEN })
+    );
+    let mut bad = image.clone();
+    bad[HEADER_LEN + 12] = 1;
+    bad[HEADER_LEN + 3 * RECORD_LEN + 12] = 1;
+    reseal(&mut bad);
+    assert!(matches!(
+        RightsTable::decode(&bad),
+        Err(DecodeError::Invalid(RightsError::UnknownIndex {
+            index: 3,
+            role: "second monitor"
+        }))
+    ));
+    bad[HEADER_LEN + 3 * RECORD_LEN + 12] = 0;
+    reseal(&mut bad);
+    assert!(RightsTable::decode(&bad).unwrap().partitions()[0].monitor);
     // Unknown edge flags.
     let mut bad = image.clone();
     bad[edge0 + 6] = 4;
