@@ -747,18 +747,30 @@ fn resolve(path: &Path, cx: &Cx<'_>, raw: RawManifest) -> Result<System, Manifes
             }
         }
         let ring_bytes = size(cx, "right.ring", &r.ring)?;
-        if !ring_bytes.is_power_of_two() || !(MIN_RING_BYTES..=MAX_RING_BYTES).contains(&ring_bytes)
-        {
-            return Err(cx.err(
-                r.ring.span(),
-                "right.ring",
-                format!(
-                    "ring of {} must be a power of two in {}..={}",
-                    human_bytes(ring_bytes),
-                    human_bytes(MIN_RING_BYTES),
-                    human_bytes(MAX_RING_BYTES)
-                ),
-            ));
+        let ring_problem = if ring_bytes > MAX_RING_BYTES {
+            Some(format!(
+                "ring of {} does not fit in memory: a ring is at most {} (a partition maps all \
+                 its channels into a {} window)",
+                human_bytes(ring_bytes),
+                human_bytes(MAX_RING_BYTES),
+                human_bytes(CHANNEL_WINDOW_BYTES)
+            ))
+        } else if ring_bytes < MIN_RING_BYTES {
+            Some(format!(
+                "ring of {} is too small: at least {}",
+                human_bytes(ring_bytes),
+                human_bytes(MIN_RING_BYTES)
+            ))
+        } else if !ring_bytes.is_power_of_two() {
+            Some(format!(
+                "ring of {} must be a power of two",
+                human_bytes(ring_bytes)
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = ring_problem {
+            return Err(cx.err(r.ring.span(), "right.ring", m));
         }
         let q = r.quota.get_ref();
         let messages_per_sec = positive(cx, "right.quota.messages_per_sec", &q.messages_per_sec)?;

@@ -51,10 +51,15 @@ pub enum Accel {
 impl Accel {
     /// KVM if `/dev/kvm` can be opened read-write, else TCG.
     pub fn detect() -> Self {
+        Self::detect_at(Path::new("/dev/kvm"))
+    }
+
+    /// KVM if `dev` can be opened read-write, else TCG.
+    pub fn detect_at(dev: &Path) -> Self {
         let ok = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open("/dev/kvm")
+            .open(dev)
             .is_ok();
         if ok { Self::Kvm } else { Self::Tcg }
     }
@@ -236,6 +241,12 @@ mod tests {
         );
         let t = qemu_args(&sys, 4, Accel::Tcg, &paths, "").join(" ");
         assert!(t.contains("-accel tcg") && !t.contains("ivshmem"), "{t}");
+    }
+
+    #[test]
+    fn no_kvm_device_means_tcg() {
+        assert_eq!(Accel::detect_at(Path::new("/nonexistent/kvm")), Accel::Tcg);
+        assert_eq!(Accel::Tcg.args(), ["-accel", "tcg"]);
     }
 
     #[test]

@@ -241,7 +241,12 @@ fn ring_size_rules() {
     );
     let e = err(&RIGHT_AB.replace("\"64K\"", "\"128M\""));
     assert!(
-        e.contains("ring of 128 MiB must be a power of two in 4 KiB..=64 MiB"),
+        e.contains("key `right.ring`: ring of 128 MiB does not fit in memory: a ring is at most"),
+        "{e}"
+    );
+    let e = err(&RIGHT_AB.replace("\"64K\"", "1024"));
+    assert!(
+        e.contains("key `right.ring`: ring of 1 KiB is too small: at least 4 KiB"),
         "{e}"
     );
     let e = err(&RIGHT_AB.replace("\"64K\"", "\"lots\""));
