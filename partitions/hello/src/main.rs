@@ -1,4 +1,5 @@
-//! The hello partition: greets, echoes its command line, exits with `status=`.
+//! The hello partition: greets, reports its boot timestamps, echoes its command
+//! line and exits with `status=` (default 0).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -10,12 +11,16 @@ use alloc::vec::Vec;
 rt::entry!(main);
 
 fn main() -> u8 {
+    let first = rt::time::tsc();
     let args: Vec<_> = rt::args().collect();
     rt::log!(
         "hello from vmpi partition ({:?}), {} args",
         rt::platform(),
         args.len()
     );
+    let (entry, user) = rt::time::boot_tsc();
+    let khz = rt::time::tsc_khz();
+    rt::log!("boot_tsc entry={entry} user={user} first={first} tsc_khz={khz}");
     for (k, v) in &args {
         rt::log!("arg {k}={v}");
     }
