@@ -297,6 +297,11 @@ impl Outcome {
 }
 
 impl Running {
+    /// The hypervisor's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Waits for the end or the time limit (then kills).
     pub fn wait(mut self) -> Outcome {
         let mut child = self.child.take().expect("child present");
