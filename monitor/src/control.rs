@@ -84,19 +84,18 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 7] = [
-        Self::Panic,
-        Self::PageFault,
-        Self::GeneralProtection,
-        Self::InvalidOpcode,
-        Self::DivideError,
-        Self::StackOverflow,
-        Self::Other,
-    ];
-
     /// The fault with this code.
     pub fn from_u32(code: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| *f as u32 == code)
+        use FaultKind::*;
+        let all = [
+            Panic,
+            PageFault,
+            GeneralProtection,
+            InvalidOpcode,
+            DivideError,
+            StackOverflow,
+        ];
+        all.into_iter().chain([Other]).find(|f| *f as u32 == code)
     }
 }
 

@@ -178,17 +178,12 @@ pub enum RightsError {
         /// Receiver name.
         to: String,
     },
-    /// A group with a bad index.
+    /// A group with a bad index, no members or an unknown member.
     BadGroup {
         /// The group.
         name: String,
         /// Why.
         why: &'static str,
-    },
-    /// A group without members.
-    EmptyGroup {
-        /// The group.
-        name: String,
     },
     /// A quota field is zero.
     ZeroQuota {
@@ -242,7 +237,6 @@ impl fmt::Display for RightsError {
             DuplicateEdge { from, to } => write!(f, "edge {from} -> {to} granted twice"),
             EmptyGrant { from, to } => write!(f, "grant {from} -> {to} yields no edge"),
             BadGroup { name, why } => write!(f, "group {name:?}: {why}"),
-            EmptyGroup { name } => write!(f, "group {name:?} has no members"),
             ZeroQuota { from, to, field } => write!(f, "edge {from} -> {to}: {field} is zero"),
             EmptyTagRange { from, to, lo, hi } => {
                 write!(f, "edge {from} -> {to}: empty tag range {lo}..={hi}")
@@ -323,12 +317,6 @@ impl RightsBuilder {
                 policy,
             });
         }
-        if self.groups.len() > MAX_GROUPS {
-            return Err(RightsError::TooMany {
-                what: "groups",
-                max: MAX_GROUPS,
-            });
-        }
         for (index, (name, members)) in self.groups.iter().enumerate() {
             let mut mask = 0;
             for member in members {
@@ -353,12 +341,6 @@ impl RightsBuilder {
                     if table.edge(f, t).is_some() {
                         let (from, to) = (table.name(f), table.name(t));
                         return Err(RightsError::DuplicateEdge { from, to });
-                    }
-                    if table.edges.len() == MAX_EDGES {
-                        return Err(RightsError::TooMany {
-                            what: "edges",
-                            max: MAX_EDGES,
-                        });
                     }
                     let id = EdgeId(table.edges.len() as u16);
                     table.edges.push(Edge {
@@ -570,39 +552,18 @@ impl RightsTable {
                 });
             }
             known |= 1 << p.index;
-            let name = p.name.clone();
-            match p.policy {
-                Policy::Restart { .. } if p.monitor => {
-                    return Err(BadPolicy {
-                        name,
-                        why: "the monitor cannot restart itself",
-                    });
+            let why = match p.policy {
+                Policy::Restart { .. } if p.monitor => "the monitor cannot restart itself",
+                Policy::Restart { limit: 0 } => "restart limit 0: say stop",
+                Policy::Restart { limit } if limit > MAX_RESTART_LIMIT => "limit beyond 65535",
+                _ if self.partitions[..i].iter().any(|o| o.monitor) && p.monitor => {
+                    "a second monitor"
                 }
-                Policy::Restart { limit: 0 } => {
-                    return Err(BadPolicy {
-                        name,
-                        why: "restart limit 0: say stop",
-                    });
-                }
-                Policy::Restart { limit } if limit > MAX_RESTART_LIMIT => {
-                    return Err(BadPolicy {
-                        name,
-                        why: "restart limit beyond 65535 generations",
-                    });
-                }
-                _ => {}
-            }
-        }
-        if self.partitions.iter().filter(|p| p.monitor).count() > 1 {
-            let index = self
-                .partitions
-                .iter()
-                .rev()
-                .find(|p| p.monitor)
-                .map_or(0, |p| p.index);
-            return Err(UnknownIndex {
-                index,
-                role: "second monitor",
+                _ => continue,
+            };
+            return Err(BadPolicy {
+                name: p.name.clone(),
+                why,
             });
         }
         self.check_names()?;
@@ -613,31 +574,18 @@ impl RightsTable {
             });
         }
         for (i, g) in self.groups.iter().enumerate() {
-            if g.index as usize >= MAX_GROUPS || self.groups[..i].iter().any(|o| o.index == g.index)
-            {
-                return Err(BadGroup {
-                    name: g.name.clone(),
-                    why: "index out of range or reused",
-                });
-            }
-            // A view knows a group's members by index only, not every member's name.
-            let outside = if self.viewer.is_some() {
-                0
-            } else {
-                g.members & !known
+            let reused = self.groups[..i].iter().any(|o| o.index == g.index);
+            let why = match () {
+                _ if g.index as usize >= MAX_GROUPS || reused => "index out of range or reused",
+                _ if g.members == 0 => "no members",
+                // A view knows a group's members by index only, not every member.
+                _ if self.viewer.is_none() && g.members & !known != 0 => "unknown member index",
+                _ => continue,
             };
-            if g.members == 0 || outside != 0 {
-                let index = outside.trailing_zeros() as u16;
-                return Err(match outside {
-                    0 => EmptyGroup {
-                        name: g.name.clone(),
-                    },
-                    _ => UnknownIndex {
-                        index,
-                        role: "group member",
-                    },
-                });
-            }
+            return Err(BadGroup {
+                name: g.name.clone(),
+                why,
+            });
         }
         for (i, e) in self.edges.iter().enumerate() {
             for (index, role) in [(e.from, "edge source"), (e.to, "edge destination")] {
@@ -649,29 +597,18 @@ impl RightsTable {
             if e.from == e.to {
                 return Err(SelfEdge { name: from });
             }
-            if self.edges[..i]
-                .iter()
-                .any(|o| o.from == e.from && o.to == e.to)
-            {
+            let earlier = &self.edges[..i];
+            if earlier.iter().any(|o| o.from == e.from && o.to == e.to) {
                 return Err(DuplicateEdge { from, to });
             }
-            if self.edges[..i].iter().any(|o| o.id == e.id) {
-                return Err(BadEdge {
-                    id: e.id,
-                    why: "id used twice",
-                });
-            }
-            if e.id.0 as usize >= MAX_EDGES {
-                return Err(BadEdge {
-                    id: e.id,
-                    why: "id out of range",
-                });
-            }
-            if self.viewer.is_some_and(|v| v != e.from && v != e.to) {
-                return Err(BadEdge {
-                    id: e.id,
-                    why: "not the viewer's edge",
-                });
+            let why = match () {
+                _ if earlier.iter().any(|o| o.id == e.id) => "id used twice",
+                _ if e.id.0 as usize >= MAX_EDGES => "id out of range",
+                _ if self.viewer.is_some_and(|v| v != e.from && v != e.to) => "not the viewer's",
+                _ => "",
+            };
+            if !why.is_empty() {
+                return Err(BadEdge { id: e.id, why });
             }
             let q = e.rights.quota;
             let fields = [

@@ -136,6 +136,7 @@ impl Verdict {
 }
 
 impl fmt::Display for Verdict {
+    /// The flood evidence as a sentence; other verdicts as their fields.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Flood {
@@ -146,64 +147,14 @@ impl fmt::Display for Verdict {
                 sent,
                 quota_per_s,
                 burst,
-                window_start_ns,
+                window_start_ns: start,
                 at_ns,
             } => write!(
                 f,
-                "flood: {from} on {edge}: {sent} {resource:?} in [{window_start_ns}, {at_ns}] ns \
+                "flood: {from} on {edge}: {sent} {resource:?} in [{start}, {at_ns}] ns \
                  = {observed_per_s}/s against quota {quota_per_s}/s burst {burst}"
             ),
-            Self::Tamper {
-                edge,
-                from,
-                resource,
-                previous,
-                observed,
-                at_ns,
-            } => write!(
-                f,
-                "tamper: {from} on {edge}: {resource:?} counter {previous} -> {observed} \
-                 at {at_ns} ns"
-            ),
-            Self::Hostile {
-                from,
-                reason,
-                at_ns,
-            } => {
-                write!(f, "hostile: {from} control record {reason:?} at {at_ns} ns")
-            }
-            Self::Fault {
-                id,
-                fault,
-                detail,
-                at_ns,
-            } => {
-                write!(f, "fault: {id} {fault:?} ({detail:#x}) at {at_ns} ns")
-            }
-            Self::Hung {
-                id,
-                last_heartbeat_ns,
-                at_ns,
-            } => {
-                write!(
-                    f,
-                    "hung: {id} silent since {last_heartbeat_ns} ns, at {at_ns} ns"
-                )
-            }
-            Self::Crashed { id, status, at_ns } => {
-                write!(f, "crashed: {id} exited with {status} at {at_ns} ns")
-            }
-            Self::Reported {
-                by,
-                peer,
-                edge,
-                offset,
-                at_ns,
-            } => write!(
-                f,
-                "report: {by} says {peer} sent a malformed message on {edge} at offset \
-                 {offset}, at {at_ns} ns"
-            ),
+            _ => write!(f, "{self:?}"),
         }
     }
 }

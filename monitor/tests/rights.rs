@@ -190,8 +190,9 @@ fn bad_grants_are_rejected() {
     b.group("none", &[]);
     assert_eq!(
         err(&b),
-        RightsError::EmptyGroup {
-            name: "none".into()
+        RightsError::BadGroup {
+            name: "none".into(),
+            why: "no members"
         }
     );
 }
