@@ -388,6 +388,18 @@ fn bad_input_gives_one_message_and_leaves_nothing() {
         "for service `no-such-service` is missing: run `vmpi build",
     );
 
+    // `vmpi build` of a service the partitions workspace lacks: cargo says why, then vmpi.
+    let o = run(&["build", &no_service]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("building service `no-such-service`"), "{err}");
+    assert!(
+        err.trim_end().ends_with(
+            "vmpi: error: building service `no-such-service` failed (cargo's messages are above)"
+        ),
+        "{err}"
+    );
+
     let good = m("good.toml", &good);
     fails(
         &["up", &good],

@@ -468,3 +468,18 @@ fn checked_in_manifests_are_valid() {
         load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn too_many_channels_on_one_partition() {
+    let mut extra = String::new();
+    for i in 0..=MAX_CHANNELS_PER_PARTITION {
+        extra.push_str(&format!(
+            "\n[[partition]]\nname = \"P{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"A\"\nto = \"P{i}\"\nring = \"4K\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
+        ));
+    }
+    let e = err(&extra);
+    assert!(
+        e.contains("key `right`: partition `A` would have 9 channels; its runtime maps at most 8"),
+        "{e}"
+    );
+}
