@@ -323,3 +323,76 @@ fn qemu_exit_codes_round_trip() {
         "service page fault"
     );
 }
+
+#[test]
+fn doorbells_wake_a_waiting_service() {
+    let server = vmpi_tests::IvshmemServer::start("doorbell", 1 << 20, 2);
+    let t = Duration::from_secs(90);
+    let vm = || {
+        Vm::qemu(
+            Machine::MicrovmPcie,
+            &image("doorbell"),
+            64,
+            &format!("{TSC} need_doorbell=1 rounds=5"),
+        )
+        .args(server.qemu_args("db"))
+        .timeout(t)
+    };
+    // Ids follow connection order: start peer 0 first and let it connect.
+    let a = vm().spawn();
+    std::thread::sleep(Duration::from_millis(300));
+    let b = vm().spawn();
+    let (a, b) = (a.wait(), b.wait());
+    eprintln!(
+        "first partition:\n{}second partition:\n{}",
+        a.stdout, b.stdout
+    );
+    for (name, out) in [("first", &a), ("second", &b)] {
+        assert!(
+            out.stdout.contains("deadline wait timed out"),
+            "{name}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains("woken by peer"),
+            "{name}:\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(0),
+            "{name}: {:?}\n{}",
+            out.code,
+            out.stdout
+        );
+    }
+    assert!(a.stdout.contains("peer id 0"), "{}", a.stdout);
+    assert!(b.stdout.contains("doorbell round trips"), "{}", b.stdout);
+}
+
+#[test]
+fn missing_doorbell_is_refused() {
+    let shm = ShmFile::new("nodoorbell", 1 << 20);
+    let out = Vm::qemu(
+        Machine::MicrovmPcie,
+        &image("doorbell"),
+        64,
+        &format!("{TSC} need_doorbell=1"),
+    )
+    .shm("s0", &shm)
+    .run();
+    assert!(
+        out.stdout
+            .contains("ivshmem-doorbell device with MSI-X is required"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.qemu_status(),
+        Some(exit::MISSING_DEVICE),
+        "{:?}",
+        out.code
+    );
+}

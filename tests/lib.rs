@@ -51,7 +51,7 @@ pub fn images() -> &'static Path {
             "vmpi-tests: partition images built in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        for name in ["hello", "faulty", "pingpong"] {
+        for name in ["hello", "faulty", "pingpong", "doorbell"] {
             let len = std::fs::metadata(imgs.join(name))
                 .map(|m| m.len())
                 .unwrap_or(0);
@@ -396,4 +396,147 @@ pub fn host_tsc_khz() -> u64 {
 /// Percentile `p` (0..=100) of sorted samples.
 pub fn percentile<T: Copy>(sorted: &[T], p: usize) -> T {
     sorted[(sorted.len() - 1) * p / 100]
+}
+
+/// A minimal ivshmem server (QEMU's `docs/specs/ivshmem-spec` protocol) for
+/// `ivshmem-doorbell` devices: hands each connecting VM its id, the shared
+/// memory fd and one eventfd per vector for itself and every peer. Stops and
+/// removes its socket on drop.
+pub struct IvshmemServer {
+    /// The Unix socket QEMU connects to (`-chardev socket,path=...`).
+    pub socket: PathBuf,
+    /// The shared memory.
+    pub shm: ShmFile,
+    vectors: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn send_msg(sock: &std::os::unix::net::UnixStream, v: i64, fd: Option<i32>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut data = v.to_le_bytes();
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // Room for one SCM_RIGHTS fd (CMSG_SPACE(4) <= 24 on x86_64 Linux).
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+        // SAFETY: the control buffer is large enough for one cmsg with one fd,
+        // and CMSG_FIRSTHDR/CMSG_DATA point inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            libc::CMSG_DATA(c).cast::<i32>().write_unaligned(fd);
+        }
+    }
+    // SAFETY: msg points at live buffers for the duration of the call.
+    let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl IvshmemServer {
+    /// Starts a server for `vectors` vectors over a new shared-memory file.
+    pub fn start(name: &str, size: u64, vectors: u32) -> IvshmemServer {
+        use std::os::fd::AsRawFd;
+        let shm = ShmFile::new(name, size);
+        let socket =
+            std::env::temp_dir().join(format!("vmpi-ivshmem-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&socket).expect("bind ivshmem socket");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let shm_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&shm.path)
+            .expect("open shared memory");
+        let thread = std::thread::spawn(move || {
+            // Each peer: its connection and one eventfd per vector.
+            let mut peers: Vec<(i64, std::os::unix::net::UnixStream, Vec<i32>)> = Vec::new();
+            let mut next_id = 0i64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((s, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = s.set_nonblocking(false);
+                let id = next_id;
+                next_id += 1;
+                let fds: Vec<i32> = (0..vectors)
+                    // SAFETY: eventfd has no memory preconditions.
+                    .map(|_| unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })
+                    .collect();
+                let mut ok = send_msg(&s, 0, None).is_ok()
+                    && send_msg(&s, id, None).is_ok()
+                    && send_msg(&s, -1, Some(shm_file.as_raw_fd())).is_ok();
+                for (pid, _, pfds) in &peers {
+                    for &fd in pfds {
+                        ok &= send_msg(&s, *pid, Some(fd)).is_ok();
+                    }
+                }
+                for &fd in &fds {
+                    ok &= send_msg(&s, id, Some(fd)).is_ok();
+                }
+                for (_, ps, _) in &peers {
+                    for &fd in &fds {
+                        let _ = send_msg(ps, id, Some(fd));
+                    }
+                }
+                if ok {
+                    peers.push((id, s, fds));
+                }
+            }
+            for (_, _, fds) in peers {
+                for fd in fds {
+                    // SAFETY: closing eventfds this thread created.
+                    unsafe { libc::close(fd) };
+                }
+            }
+        });
+        IvshmemServer {
+            socket,
+            shm,
+            vectors,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// QEMU arguments adding an `ivshmem-doorbell` device connected to this server.
+    pub fn qemu_args(&self, id: &str) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,path={},id={id}", self.socket.display()),
+            "-device".into(),
+            format!("ivshmem-doorbell,chardev={id},vectors={}", self.vectors),
+        ]
+    }
+}
+
+impl Drop for IvshmemServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
