@@ -95,7 +95,8 @@ impl Bucket {
         let Some(sent) = count.checked_sub(previous) else {
             return Outcome::Tamper { previous };
         };
-        let possible = self.ceiling as u128 * (dt as u128 + JUMP_SLACK_NS as u128) / NS_PER_S;
+        let span = dt as u128 + JUMP_SLACK_NS as u128;
+        let possible = (self.ceiling as u128).saturating_mul(span) / NS_PER_S;
         if sent as u128 > possible {
             return Outcome::Tamper { previous };
         }

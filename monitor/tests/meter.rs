@@ -286,3 +286,52 @@ fn poll_judges_each_edge_on_its_own() {
     }
     assert!(m.is_open(EdgeId(0)) && !m.is_open(EdgeId(1)));
 }
+
+#[test]
+fn extreme_values_do_not_overflow() {
+    let huge = Quota {
+        msgs_per_s: u64::MAX,
+        bytes_per_s: u64::MAX,
+        burst_msgs: u64::MAX,
+        burst_bytes: u64::MAX,
+    };
+    let config = MeterConfig {
+        max_msgs_per_s: u64::MAX,
+        max_bytes_per_s: u64::MAX,
+    };
+    let mut m = Meter::new(config);
+    m.open(E, FROM, huge, 0, Counters::default());
+    assert_eq!(
+        m.sample(
+            E,
+            u64::MAX,
+            Counters {
+                msgs: u64::MAX,
+                bytes: u64::MAX
+            }
+        ),
+        None
+    );
+    let mut m = Meter::new(config);
+    m.open(E, FROM, msgs_quota(1, 1), 0, Counters::default());
+    let v = m
+        .sample(
+            E,
+            0,
+            Counters {
+                msgs: u64::MAX / 2000,
+                bytes: 0,
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(
+            v,
+            Verdict::Flood {
+                observed_per_s: u64::MAX,
+                ..
+            }
+        ),
+        "{v}"
+    );
+}
