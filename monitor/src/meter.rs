@@ -129,18 +129,18 @@ impl Bucket {
 
 #[derive(Clone, Debug)]
 struct EdgeMeter {
-    edge: EdgeId,
     from: PartitionId,
     last_ns: u64,
     msgs: Bucket,
     bytes: Bucket,
 }
 
-/// The meters of all open edges.
+/// The meters of all open edges, indexed by edge id: every operation is O(1), a poll
+/// is O(edges).
 #[derive(Clone, Debug, Default)]
 pub struct Meter {
     config: MeterConfig,
-    edges: Vec<EdgeMeter>,
+    edges: Vec<Option<EdgeMeter>>,
 }
 
 impl Meter {
@@ -162,45 +162,43 @@ impl Meter {
         now_ns: u64,
         base: Counters,
     ) {
-        self.close(edge);
-        let c = self.config;
-        self.edges.push(EdgeMeter {
-            edge,
+        let (i, c) = (edge.0 as usize, self.config);
+        if self.edges.len() <= i {
+            self.edges.resize(i + 1, None);
+        }
+        let (q, n) = (quota, now_ns);
+        self.edges[i] = Some(EdgeMeter {
             from,
             last_ns: now_ns,
-            msgs: Bucket::new(
-                quota.msgs_per_s,
-                quota.burst_msgs,
-                c.max_msgs_per_s,
-                base.msgs,
-                now_ns,
-            ),
+            msgs: Bucket::new(q.msgs_per_s, q.burst_msgs, c.max_msgs_per_s, base.msgs, n),
             bytes: Bucket::new(
-                quota.bytes_per_s,
-                quota.burst_bytes,
+                q.bytes_per_s,
+                q.burst_bytes,
                 c.max_bytes_per_s,
                 base.bytes,
-                now_ns,
+                n,
             ),
         });
     }
 
     /// Stops metering `edge` (it was revoked).
     pub fn close(&mut self, edge: EdgeId) {
-        self.edges.retain(|m| m.edge != edge);
+        if let Some(slot) = self.edges.get_mut(edge.0 as usize) {
+            *slot = None;
+        }
     }
 
     /// Whether `edge` is metered.
     pub fn is_open(&self, edge: EdgeId) -> bool {
-        self.edges.iter().any(|m| m.edge == edge)
+        matches!(self.edges.get(edge.0 as usize), Some(Some(_)))
     }
 
     /// Feeds one sample of `edge`'s counters. A verdict closes the edge's meter, so each
     /// offence is judged once. Samples of unmetered edges are ignored. A clock going
     /// backwards is taken as no time passing.
     pub fn sample(&mut self, edge: EdgeId, now_ns: u64, counters: Counters) -> Option<Verdict> {
-        let i = self.edges.iter().position(|m| m.edge == edge)?;
-        let m = &mut self.edges[i];
+        let slot = self.edges.get_mut(edge.0 as usize)?;
+        let m = slot.as_mut()?;
         let now = now_ns.max(m.last_ns);
         let buckets = [
             (Resource::Messages, &mut m.msgs, counters.msgs),
@@ -235,17 +233,20 @@ impl Meter {
         }
         m.last_ns = now;
         if verdict.is_some() {
-            self.edges.remove(i);
+            *slot = None;
         }
         verdict
     }
 
-    /// Samples every open edge from `source`.
+    /// Samples every open edge from `source` (allocates only for verdicts).
     pub fn poll(&mut self, now_ns: u64, source: &impl ChannelCounters) -> Vec<Verdict> {
-        let edges: Vec<EdgeId> = self.edges.iter().map(|m| m.edge).collect();
-        edges
-            .into_iter()
-            .filter_map(|e| self.sample(e, now_ns, source.produced(e)))
-            .collect()
+        let mut verdicts = Vec::new();
+        for i in 0..self.edges.len() {
+            let edge = EdgeId(i as u16);
+            if self.edges[i].is_some() {
+                verdicts.extend(self.sample(edge, now_ns, source.produced(edge)));
+            }
+        }
+        verdicts
     }
 }
