@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn too_many_args_is_rejected() {
         let mut text = String::from(
-            "[system]\nname = \"x\"\n[[partition]]\nname = \"A\"\nservice = \"s\"\nmemory = \"8M\"\nargs = [",
+            "[system]\nname = \"x\"\n[[partition]]\nname = \"a\"\nservice = \"s\"\nmemory = \"8M\"\nargs = [",
         );
         for i in 0..40 {
             text.push_str(&format!("\"k{i}=v\","));
@@ -261,7 +261,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "x.toml:4: key `partition.args`: partition `A` would get 45 command-line words; the runtime takes at most 32"
+            "x.toml:4: key `partition.args`: partition `a` would get 45 command-line words; the runtime takes at most 32"
         );
     }
 }

@@ -325,6 +325,9 @@ pub struct MonitorPolicy {
 /// A validated, resolved system.
 #[derive(Debug, Clone)]
 pub struct System {
+    /// The monitor's rights table built from it (`monitor::rights`, the one place
+    /// where rights are checked); its wire encoding is what partitions receive.
+    pub rights: monitor::rights::RightsTable,
     /// Manifest path as given.
     pub file: PathBuf,
     /// System name.
@@ -454,12 +457,14 @@ fn quoted_after(message: &str, prefix: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+/// The monitor's name rule (`monitor::rights`): 1 to 32 of `a-z 0-9 _ -`, starting
+/// with a letter.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
+    name.len() <= monitor::rights::MAX_NAME
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn size(cx: &Cx<'_>, key: &str, raw: &Spanned<RawSize>) -> Result<u64, ManifestError> {
@@ -950,7 +955,18 @@ fn resolve(path: &Path, cx: &Cx<'_>, raw: RawManifest) -> Result<System, Manifes
         }
     }
 
+    let rights = rights_table(&partitions, &groups, &channels, &monitor).map_err(|e| {
+        let (line, key) = rights_error_site(&e, &partitions, &channels);
+        ManifestError::At {
+            file: cx.file.clone(),
+            line: line.unwrap_or_else(|| cx.line(raw.system.span().start)),
+            key: key.into(),
+            message: format!("the monitor's rights table rejects it: {e}"),
+        }
+    })?;
+
     Ok(System {
+        rights,
         file: path.to_path_buf(),
         name: sys.name.get_ref().clone(),
         machine,
@@ -961,8 +977,92 @@ fn resolve(path: &Path, cx: &Cx<'_>, raw: RawManifest) -> Result<System, Manifes
     })
 }
 
+/// Builds the monitor's rights table: partitions (rank = index) with their fault
+/// policy, groups, one edge per granted direction, the monitor partition.
+fn rights_table(
+    partitions: &[Partition],
+    groups: &[Group],
+    channels: &[Channel],
+    policy: &MonitorPolicy,
+) -> Result<monitor::rights::RightsTable, monitor::rights::RightsError> {
+    use monitor::rights::{EdgeRights, Policy, Quota as MQuota, RightsBuilder, TagRange};
+    let mut b = RightsBuilder::new();
+    for p in partitions {
+        let pol = match p.on_fault {
+            FaultPolicy::Stop => Policy::Stop,
+            FaultPolicy::Restart { max } => Policy::Restart { limit: max },
+        };
+        b.partition(&p.name, pol);
+    }
+    for g in groups {
+        let members: Vec<&str> = g
+            .members
+            .iter()
+            .map(|&r| partitions[r].name.as_str())
+            .collect();
+        b.group(&g.name, &members);
+    }
+    let mut edges: Vec<&Edge> = channels
+        .iter()
+        .flat_map(|c| c.dirs.iter().flatten())
+        .collect();
+    edges.sort_by_key(|e| (e.line, e.from));
+    for e in edges {
+        let q = e.quota;
+        let rights = EdgeRights {
+            tags: e.tags.map(|(lo, hi)| TagRange { lo, hi }),
+            nonblocking: e.nonblocking,
+            quota: MQuota {
+                msgs_per_s: q.messages_per_sec,
+                bytes_per_s: q.bytes_per_sec,
+                burst_msgs: q.burst,
+                burst_bytes: q.burst_bytes,
+            },
+        };
+        b.allow(&partitions[e.from].name, &partitions[e.to].name, rights);
+    }
+    if let Some(m) = policy.partition {
+        b.monitor(&partitions[m].name);
+    }
+    b.build()
+}
+
+/// The manifest line and key a rights-table error is about, where it can tell.
+fn rights_error_site(
+    e: &monitor::rights::RightsError,
+    partitions: &[Partition],
+    channels: &[Channel],
+) -> (Option<usize>, &'static str) {
+    use monitor::rights::RightsError as E;
+    let line_of_partition = |n: &str| partitions.iter().find(|p| p.name == n).map(|p| p.line);
+    let line_of_edge = |f: &str, t: &str| {
+        channels
+            .iter()
+            .flat_map(|c| c.dirs.iter().flatten())
+            .find_map(|e| {
+                (partitions[e.from].name == f && partitions[e.to].name == t).then_some(e.line)
+            })
+    };
+    match e {
+        E::BadName { name } | E::DuplicateName { name } => {
+            (line_of_partition(name), "partition.name")
+        }
+        E::BadPolicy { name, .. } => (line_of_partition(name), "partition.on_fault"),
+        E::SelfEdge { name } => (line_of_partition(name), "right"),
+        E::DuplicateEdge { from, to }
+        | E::EmptyGrant { from, to }
+        | E::ZeroQuota { from, to, .. }
+        | E::EmptyTagRange { from, to, .. } => (line_of_edge(from, to), "right"),
+        E::BadGroup { .. } => (None, "group"),
+        E::TooMany {
+            what: "partitions", ..
+        } => (None, "partition"),
+        _ => (None, "right"),
+    }
+}
+
 fn name_rule(name: &str) -> String {
-    format!("`{name}` is not a valid name: use 1 to 32 of A-Z a-z 0-9 _ -")
+    format!("`{name}` is not a valid name: use 1 to 32 of a-z 0-9 _ -, starting with a letter")
 }
 
 #[cfg(test)]

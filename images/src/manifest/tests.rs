@@ -5,17 +5,17 @@ const BASE: &str = r#"
 name = "t"
 
 [[partition]]
-name = "A"
+name = "a"
 service = "hello"
 memory = "32M"
 
 [[partition]]
-name = "B"
+name = "b"
 service = "hello"
 memory = 33554432
 
 [[partition]]
-name = "C"
+name = "c"
 service = "hello"
 memory = "16MiB"
 "#;
@@ -38,8 +38,8 @@ fn line_of(extra: &str, needle: &str) -> usize {
 
 const RIGHT_AB: &str = r#"
 [[right]]
-from = "A"
-to = "B"
+from = "a"
+to = "b"
 direction = "both"
 ring = "64K"
 nonblocking = true
@@ -52,18 +52,18 @@ fn resolves_ranks_groups_channels() {
     let extra = format!(
         r#"{RIGHT_AB}
 [[right]]
-from = "C"
-to = "A"
+from = "c"
+to = "a"
 ring = "1M"
 quota = {{ messages_per_sec = 10, bytes_per_sec = 1000, burst = 1, burst_bytes = 4096 }}
 
 [[group]]
 name = "g1"
-members = ["A", "B"]
+members = ["a", "b"]
 
 [[group]]
 name = "g2"
-members = ["C", "A"]
+members = ["c", "a"]
 "#
     );
     let s = ok(&extra);
@@ -74,7 +74,7 @@ members = ["C", "A"]
         .iter()
         .map(|p| (p.name.as_str(), p.rank))
         .collect();
-    assert_eq!(names, [("A", 0), ("B", 1), ("C", 2)]);
+    assert_eq!(names, [("a", 0), ("b", 1), ("c", 2)]);
     assert_eq!(s.partitions[1].memory, 32 << 20);
     assert_eq!(s.partitions[2].memory, 16 << 20);
     assert_eq!(s.groups[1].members, [2, 0]);
@@ -98,6 +98,18 @@ members = ["C", "A"]
     assert!(ca.dirs[0].is_none(), "one-way is the default");
     assert_eq!(ca.dirs[1].as_ref().unwrap().quota.burst_bytes, 4096);
     assert_eq!(s.channels_of(1).count(), 1);
+    // The monitor's rights table agrees: three directed edges, partition c may send to a.
+    assert_eq!(s.rights.edges().len(), 3);
+    assert!(s.rights.edge(2, 0).is_some() && s.rights.edge(0, 2).is_none());
+    assert_eq!(
+        s.rights
+            .edge(1, 0)
+            .unwrap()
+            .rights
+            .tags
+            .map(|t| (t.lo, t.hi)),
+        Some((0, 99))
+    );
 }
 
 #[test]
@@ -110,13 +122,13 @@ fn a_pair_not_granted_gets_no_channel() {
 fn two_one_way_rights_make_one_channel() {
     let extra = r#"
 [[right]]
-from = "A"
-to = "B"
+from = "a"
+to = "b"
 ring = "4K"
 quota = { messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }
 [[right]]
-from = "B"
-to = "A"
+from = "b"
+to = "a"
 ring = "2M"
 quota = { messages_per_sec = 2, bytes_per_sec = 2, burst = 2 }
 "#;
@@ -130,7 +142,7 @@ quota = { messages_per_sec = 2, bytes_per_sec = 2, burst = 2 }
 
 #[test]
 fn unknown_key() {
-    let extra = "\n[[group]]\nname = \"g\"\nmembers = [\"A\"]\ncolour = \"red\"\n";
+    let extra = "\n[[group]]\nname = \"g\"\nmembers = [\"a\"]\ncolour = \"red\"\n";
     let e = err(extra);
     let line = line_of(extra, "colour");
     assert!(
@@ -154,14 +166,14 @@ fn unknown_key_at_top_level_and_in_partition() {
 
 #[test]
 fn missing_key() {
-    let e = err("\n[[partition]]\nname = \"D\"\nservice = \"x\"\n");
+    let e = err("\n[[partition]]\nname = \"d\"\nservice = \"x\"\n");
     assert!(e.contains("key `memory`: missing field `memory`"), "{e}");
 }
 
 #[test]
 fn bad_enum_value_names_its_key() {
     let extra =
-        "\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\nhypervisor = \"xen\"\n";
+        "\n[[partition]]\nname = \"d\"\nservice = \"x\"\nmemory = \"8M\"\nhypervisor = \"xen\"\n";
     let e = err(extra);
     let line = line_of(extra, "xen");
     assert!(
@@ -173,13 +185,13 @@ fn bad_enum_value_names_its_key() {
 
 #[test]
 fn duplicate_name() {
-    let extra = "\n[[partition]]\nname = \"B\"\nservice = \"x\"\nmemory = \"8M\"\n";
+    let extra = "\n[[partition]]\nname = \"b\"\nservice = \"x\"\nmemory = \"8M\"\n";
     let e = err(extra);
-    let line = line_of(extra, "name = \"B\"\nservice = \"x\"");
+    let line = line_of(extra, "name = \"b\"\nservice = \"x\"");
     assert_eq!(
         e,
         format!(
-            "t.toml:{line}: key `partition.name`: duplicate partition name `B` (first defined on line 11)"
+            "t.toml:{line}: key `partition.name`: duplicate partition name `b` (first defined on line 11)"
         )
     );
 }
@@ -187,7 +199,7 @@ fn duplicate_name() {
 #[test]
 fn duplicate_group_name() {
     let e = err(
-        "\n[[group]]\nname = \"g\"\nmembers = [\"A\"]\n[[group]]\nname = \"g\"\nmembers = [\"B\"]\n",
+        "\n[[group]]\nname = \"g\"\nmembers = [\"a\"]\n[[group]]\nname = \"g\"\nmembers = [\"b\"]\n",
     );
     assert!(
         e.contains("key `group.name`: duplicate group name `g`"),
@@ -197,20 +209,20 @@ fn duplicate_group_name() {
 
 #[test]
 fn channel_to_missing_partition() {
-    let extra = RIGHT_AB.replace("to = \"B\"", "to = \"Z\"");
+    let extra = RIGHT_AB.replace("to = \"b\"", "to = \"z\"");
     let e = err(&extra);
-    let line = line_of(&extra, "to = \"Z\"");
+    let line = line_of(&extra, "to = \"z\"");
     assert_eq!(
         e,
-        format!("t.toml:{line}: key `right.to`: no partition named `Z`")
+        format!("t.toml:{line}: key `right.to`: no partition named `z`")
     );
 }
 
 #[test]
 fn group_with_unknown_member() {
-    let e = err("\n[[group]]\nname = \"g\"\nmembers = [\"A\", \"Q\"]\n");
+    let e = err("\n[[group]]\nname = \"g\"\nmembers = [\"a\", \"q\"]\n");
     assert!(
-        e.contains("key `group.members`: no partition named `Q`"),
+        e.contains("key `group.members`: no partition named `q`"),
         "{e}"
     );
 }
@@ -221,12 +233,12 @@ fn ring_that_does_not_fit() {
     let mut extra = String::new();
     for i in 0..3 {
         extra.push_str(&format!(
-            "\n[[partition]]\nname = \"P{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"A\"\nto = \"P{i}\"\ndirection = \"both\"\nring = \"64M\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
+            "\n[[partition]]\nname = \"p{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"a\"\nto = \"p{i}\"\ndirection = \"both\"\nring = \"64M\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
         ));
     }
     let e = err(&extra);
     assert!(
-        e.contains("key `right.ring`: ring of 64 MiB does not fit in memory: partition `A`"),
+        e.contains("key `right.ring`: ring of 64 MiB does not fit in memory: partition `a`"),
         "{e}"
     );
     assert!(e.contains("768 MiB of its 512 MiB"), "{e}");
@@ -280,17 +292,17 @@ fn missing_quota() {
 fn edge_granted_twice() {
     let e = err(&format!(
         "{RIGHT_AB}{}",
-        RIGHT_AB.replace("from = \"A\"\nto = \"B\"", "from = \"B\"\nto = \"A\"")
+        RIGHT_AB.replace("from = \"a\"\nto = \"b\"", "from = \"b\"\nto = \"a\"")
     ));
     assert!(
-        e.contains("key `right`: `B` -> `A` is already granted on line"),
+        e.contains("key `right`: `b` -> `a` is already granted on line"),
         "{e}"
     );
 }
 
 #[test]
 fn self_channel() {
-    let e = err(&RIGHT_AB.replace("to = \"B\"", "to = \"A\""));
+    let e = err(&RIGHT_AB.replace("to = \"b\"", "to = \"a\""));
     assert!(
         e.contains("key `right.to`: a partition needs no channel to itself"),
         "{e}"
@@ -309,20 +321,20 @@ fn bad_tags() {
 #[test]
 fn uhyve_partition_with_channel() {
     let text = format!("{BASE}{RIGHT_AB}").replacen(
-        "name = \"B\"\nservice = \"hello\"",
-        "name = \"B\"\nhypervisor = \"uhyve\"\nservice = \"hello\"",
+        "name = \"b\"\nservice = \"hello\"",
+        "name = \"b\"\nhypervisor = \"uhyve\"\nservice = \"hello\"",
         1,
     );
     let e = parse(Path::new("t.toml"), &text).unwrap_err().to_string();
     assert!(
-        e.contains("key `right.to`: partition `B` runs under uhyve, which has no shared memory"),
+        e.contains("key `right.to`: partition `b` runs under uhyve, which has no shared memory"),
         "{e}"
     );
 }
 
 #[test]
 fn missing_image_file() {
-    let e = err("\n[[partition]]\nname = \"D\"\nimage = \"no/such.elf\"\nmemory = \"8M\"\n");
+    let e = err("\n[[partition]]\nname = \"d\"\nimage = \"no/such.elf\"\nmemory = \"8M\"\n");
     assert!(
         e.contains("key `partition.image`: image no/such.elf does not exist"),
         "{e}"
@@ -331,16 +343,16 @@ fn missing_image_file() {
 
 #[test]
 fn service_or_image() {
-    let e = err("\n[[partition]]\nname = \"D\"\nmemory = \"8M\"\n");
+    let e = err("\n[[partition]]\nname = \"d\"\nmemory = \"8M\"\n");
     assert!(
-        e.contains("key `partition.service`: partition `D` needs"),
+        e.contains("key `partition.service`: partition `d` needs"),
         "{e}"
     );
 }
 
 #[test]
 fn memory_bounds() {
-    let e = err("\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"1M\"\n");
+    let e = err("\n[[partition]]\nname = \"d\"\nservice = \"x\"\nmemory = \"1M\"\n");
     assert!(
         e.contains("key `partition.memory`: 1 MiB is outside 4 MiB..=64 GiB"),
         "{e}"
@@ -355,20 +367,25 @@ fn bad_names_and_args() {
         "{e}"
     );
     let e = err(
-        "\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\nargs = [\"k=v w\"]\n",
+        "\n[[partition]]\nname = \"d\"\nservice = \"x\"\nmemory = \"8M\"\nargs = [\"k=v w\"]\n",
     );
     assert!(
         e.contains("key `partition.args`: `k=v w` is not `key=value`"),
         "{e}"
     );
-    let e = err("\n[[group]]\nname = \"world\"\nmembers = [\"A\"]\n");
+    let e = err("\n[[group]]\nname = \"world\"\nmembers = [\"a\"]\n");
     assert!(e.contains("`world` is the implicit group"), "{e}");
+    let e = err("\n[[partition]]\nname = \"Web\"\nservice = \"x\"\nmemory = \"8M\"\n");
+    assert!(
+        e.contains("`Web` is not a valid name: use 1 to 32 of a-z 0-9 _ -, starting with a letter"),
+        "{e}"
+    );
 }
 
 #[test]
 fn impossible_fault_policies() {
     let p =
-        |s: &str| format!("\n[[partition]]\nname = \"D\"\nservice = \"x\"\nmemory = \"8M\"\n{s}\n");
+        |s: &str| format!("\n[[partition]]\nname = \"d\"\nservice = \"x\"\nmemory = \"8M\"\n{s}\n");
     let e = err(&p("on_fault = \"restart\""));
     assert!(
         e.contains("key `partition.on_fault`: `restart` needs `max_restarts`"),
@@ -397,18 +414,18 @@ fn impossible_monitor_policies() {
         e.contains("key `monitor.on_flood`: no partition meters the channels"),
         "{e}"
     );
-    let e = err("\n[monitor]\npartition = \"M\"\n");
+    let e = err("\n[monitor]\npartition = \"m\"\n");
     assert!(
-        e.contains("key `monitor.partition`: no partition named `M`"),
+        e.contains("key `monitor.partition`: no partition named `m`"),
         "{e}"
     );
     let e = err(
-        "\n[[partition]]\nname = \"M\"\nservice = \"x\"\nmemory = \"8M\"\non_fault = \"restart\"\nmax_restarts = 1\n[monitor]\npartition = \"M\"\n",
+        "\n[[partition]]\nname = \"m\"\nservice = \"x\"\nmemory = \"8M\"\non_fault = \"restart\"\nmax_restarts = 1\n[monitor]\npartition = \"m\"\n",
     );
-    assert!(e.contains("the monitor `M` cannot be restarted"), "{e}");
+    assert!(e.contains("the monitor `m` cannot be restarted"), "{e}");
     let e = err("\n[monitor]\nperiod_ms = 0\n");
     assert!(e.contains("key `monitor.period_ms`"), "{e}");
-    let s = ok("\n[monitor]\npartition = \"C\"\non_flood = \"kill\"\nperiod_ms = 50\n");
+    let s = ok("\n[monitor]\npartition = \"c\"\non_flood = \"kill\"\nperiod_ms = 50\n");
     assert_eq!(
         (s.monitor.partition, s.monitor.on_flood, s.monitor.period_ms),
         (Some(2), FloodVerdict::Kill, 50)
@@ -456,7 +473,7 @@ fn sizes() {
     assert_eq!(parse_size("2MiB"), Some(2 << 20));
     assert_eq!(parse_size("1G"), Some(1 << 30));
     assert_eq!(parse_size("1T"), None);
-    assert_eq!(parse_size("M"), None);
+    assert_eq!(parse_size("m"), None);
     assert_eq!(human_bytes(65536), "64 KiB");
     assert_eq!(human_bytes(100), "100 B");
 }
@@ -474,12 +491,30 @@ fn too_many_channels_on_one_partition() {
     let mut extra = String::new();
     for i in 0..=MAX_CHANNELS_PER_PARTITION {
         extra.push_str(&format!(
-            "\n[[partition]]\nname = \"P{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"A\"\nto = \"P{i}\"\nring = \"4K\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
+            "\n[[partition]]\nname = \"p{i}\"\nservice = \"x\"\nmemory = \"8M\"\n[[right]]\nfrom = \"a\"\nto = \"p{i}\"\nring = \"4K\"\nquota = {{ messages_per_sec = 1, bytes_per_sec = 1, burst = 1 }}\n"
         ));
     }
     let e = err(&extra);
     assert!(
-        e.contains("key `right`: partition `A` would have 9 channels; its runtime maps at most 8"),
+        e.contains("key `right`: partition `a` would have 9 channels; its runtime maps at most 8"),
         "{e}"
+    );
+}
+
+#[test]
+fn the_monitors_limits_apply() {
+    let parts = |n: usize| {
+        (0..n)
+            .map(|i| {
+                format!("\n[[partition]]\nname = \"p{i}\"\nservice = \"x\"\nmemory = \"8M\"\n")
+            })
+            .collect::<String>()
+    };
+    // BASE has 3 partitions; the monitor's table holds 64.
+    assert_eq!(ok(&parts(61)).rights.partitions().len(), 64);
+    let e = err(&parts(62));
+    assert_eq!(
+        e,
+        "t.toml:2: key `partition`: the monitor's rights table rejects it: too many partitions (at most 64)"
     );
 }
