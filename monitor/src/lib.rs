@@ -52,6 +52,13 @@
 //! - Generations start at 0 and never wrap: a restart that would need generation 65536
 //!   stops the partition instead, so two incarnations never share an id.
 //! - At most 64 partitions and 64 groups; names are `a-z 0-9 _ -`, at most 32 bytes.
+//!   A group here is a set of partitions (who may be granted what); the order of its
+//!   members (group ranks of a communicator) comes from the manifest, not from here.
+//! - One partition may be marked as the monitor: it is never convicted and its policy
+//!   must be stop (it cannot restart itself; the launcher handles its death).
+//! - A verdict carries out the failure policy: revoke every edge of the culprit, kill
+//!   it, then restart it as the next generation or leave it dead. Floods can be dealt
+//!   with more mildly ([`FloodAction`]); tampering and hostile records cannot.
 //! - Little-endian, fixed-size records for everything that crosses a partition boundary.
 #![no_std]
 #![deny(missing_docs)]
