@@ -1,41 +1,47 @@
 //! The channel format: the one place that defines what lies where in a channel region.
 //!
 //! ```text
-//!  offset 0 ┌──────────────────────────────────────────────┐
-//!           │ Header   (64 B) magic, version, geometry,    │ written once by the
-//!           │                 world ranks of side 0 and 1  │ launcher (trusted)
-//!       64  ├──────────────────────────────────────────────┤
-//!           │ Control  (64 B) control word (OPEN/REVOKED), │ owned by the monitor
-//!           │                 liveness of side 0 and 1     │ / launcher
-//!      128  ├──────────────────────────────────────────────┤
-//!           │ Direction 0: side 0 → side 1                 │
-//!           │   +0    Producer line (64 B) data_head,      │ written by the sender
-//!           │                              malformed       │
-//!           │   +64   Consumer line (64 B) consumed,       │ written by the receiver
-//!           │                 data_tail, malformed         │
-//!           │   +128  Wake line (64 B) rx_waiting,         │ each flag by its waiter
-//!           │                          tx_waiting          │
-//!           │   +192  slots × Slot (64 B each)             │ ring of cache lines
-//!           │   +192+64·slots  data area (data_len bytes)  │ byte ring for big messages
-//!           ├──────────────────────────────────────────────┤
-//!           │ Direction 1: side 1 → side 0 (same layout)   │
-//!           └──────────────────────────────────────────────┘
+//!  offset 0 ┌───────────────────────────────────────────────┐
+//!           │ Header  (64 B) magic, version, geometry,      │ written once by the
+//!           │                world ranks of side 0 and 1    │ launcher (trusted)
+//!       64  ├───────────────────────────────────────────────┤
+//!           │ Control (64 B) control word (OPEN/REVOKED),   │ owned by the monitor
+//!           │                liveness of side 0 and 1       │ and the launcher
+//!      128  ├───────────────────────────────────────────────┤
+//!           │ direction 0 (side 0 → side 1), 3 lines:       │
+//!           │   Producer line: data_head, malformed         │ written by the sender
+//!           │   Consumer line: consumed, data_tail, malformed│ written by the receiver
+//!           │   Wake line: rx_waiting, tx_waiting           │ each flag by its waiter
+//!      320  ├───────────────────────────────────────────────┤
+//!           │ direction 1 (side 1 → side 0), same 3 lines   │
+//!      512  ├───────────────────────────────────────────────┤
+//!           │ slot line i (i < slots), 64 B each:           │
+//!           │   [ slot i of direction 0 | slot i of dir. 1 ]│ 32 B + 32 B
+//!           ├───────────────────────────────────────────────┤
+//!           │ data area of direction 0 (data_len bytes)     │ byte ring, big messages
+//!           │ data area of direction 1 (data_len bytes)     │
+//!           └───────────────────────────────────────────────┘
 //!
-//!  Slot (one cache line):
-//!   0 seq u64 │ 8 tag u32 │ 12 ctx u32 │ 16 len u32 │ 20 kind u32 │ 24 payload [u8; 40]
-//!   kind INLINE: the whole message (len <= 40) in payload
+//!  Slot (32 B):  0 seq u32 │ 4 tag u32 │ 8 ctx u32 │ 12 len_kind u32 │ 16 payload [u8; 16]
+//!   len_kind = total length (bits 0..30) | kind << 30
+//!   kind INLINE: the whole message (len <= 16) in payload
 //!   kind FRAG:   payload = Frag { pos u64, chunk u32, offset u32 }: `chunk` bytes of the
 //!                message at `offset`, stored in the data area at byte position `pos`
 //!   kind ABORT:  the sender gave up on the fragmented message in progress
 //! ```
 //!
 //! Side 0 is the lower world rank. Message `i` of a direction (counting from 0) lives in
-//! slot `i mod slots` with `seq = i + 1`, written last with release ordering; the
-//! receiver accepts it only if `seq` is exactly `i + 1`. The slot sequence numbers are
-//! thus the producer's published message count: the monitor meters it (see
-//! [`Meter`]) and a sender that under-reports delivers nothing. Data-area positions are
-//! monotone byte counters (`pos mod data_len` is the offset); a fragment is contiguous,
-//! 64-byte aligned, and must lie below the published `data_head`.
+//! slot `i mod slots` with `seq = (i + 1) mod 2^32`, written last with release ordering;
+//! the receiver accepts it only if `seq` is exactly that. Slot `i` of both directions
+//! share one cache line: in a request/reply exchange the reply is written into the line
+//! the request arrived on, so a round trip moves one line back and forth, like the raw
+//! baseline (separate lines per direction measured about twice as slow).
+//!
+//! The slot sequence numbers are the producer's published message count: the monitor
+//! meters them (see [`Meter`]) and a sender that under-reports delivers nothing.
+//! Data-area positions are monotone byte counters (`pos mod data_len` is the offset); a
+//! fragment is contiguous, 64-byte aligned, and must lie below the published
+//! `data_head` (so data bytes are metered too).
 
 use crate::shm::Region;
 use crate::{Error, Rank};
@@ -50,7 +56,9 @@ pub const VERSION: u32 = 1;
 /// Cache-line size: every block and slot is one or more lines.
 pub const LINE: usize = 64;
 /// Largest message carried inline in one slot.
-pub const INLINE_MAX: usize = 40;
+pub const INLINE_MAX: usize = 16;
+/// Bytes of one slot (two slots per cache line).
+pub const SLOT: usize = 32;
 /// Control word: channel open.
 pub const OPEN: u32 = 1;
 /// Control word: channel revoked by the monitor (any value but OPEN reads as revoked).
@@ -136,20 +144,18 @@ pub struct WakeLine {
     pub reserved: [u32; 14],
 }
 
-/// One ring slot (one cache line).
+/// One ring slot (half a cache line).
 #[repr(C)]
-#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 pub struct Slot {
-    /// Message index + 1; written last (release).
-    pub seq: u64,
+    /// (Message index + 1) mod 2^32; written last (release).
+    pub seq: u32,
     /// MPI tag.
     pub tag: u32,
     /// Communicator context id.
     pub ctx: u32,
-    /// Total message length.
-    pub len: u32,
-    /// [`KIND_INLINE`], [`KIND_FRAG`] or [`KIND_ABORT`].
-    pub kind: u32,
+    /// Total message length | kind ([`KIND_INLINE`], [`KIND_FRAG`], [`KIND_ABORT`]) << 30.
+    pub len_kind: u32,
     /// Inline bytes, or a [`Frag`].
     pub payload: [u8; INLINE_MAX],
 }
@@ -169,7 +175,7 @@ pub struct Frag {
 const _: () = {
     assert!(size_of::<Header>() == LINE && size_of::<Control>() == LINE);
     assert!(size_of::<ProducerLine>() == LINE && size_of::<ConsumerLine>() == LINE);
-    assert!(size_of::<WakeLine>() == LINE && size_of::<Slot>() == LINE);
+    assert!(size_of::<WakeLine>() == LINE && size_of::<Slot>() == SLOT);
     assert!(size_of::<Frag>() <= INLINE_MAX);
 };
 
@@ -180,10 +186,7 @@ pub const fn alive_off(side: usize) -> usize {
     LINE + offset_of!(Control, alive) + 4 * side
 }
 const DIRS: usize = 2 * LINE;
-const PROD: usize = 0;
-const CONS: usize = LINE;
-const WAKE: usize = 2 * LINE;
-const SLOTS: usize = 3 * LINE;
+const SLOTS: usize = DIRS + 6 * LINE;
 /// Offset of a slot's seq word within the slot.
 pub const SEQ: usize = offset_of!(Slot, seq);
 /// Offset of the payload within a slot.
@@ -196,7 +199,7 @@ pub struct Geometry {
     pub slots: u32,
     /// Data-area bytes per direction: a power of two, 4 KiB..=1 GiB.
     pub data_len: u32,
-    /// Largest message accepted: 1..=1 GiB.
+    /// Largest message accepted: 1..2^30.
     pub max_msg: u32,
 }
 
@@ -220,31 +223,26 @@ impl Geometry {
         if !self.data_len.is_power_of_two() || !(4096..=1 << 30).contains(&self.data_len) {
             return bad("data area bytes (power of two, 4096..=2^30)", self.data_len);
         }
-        if !(1..=1 << 30).contains(&self.max_msg) {
-            return bad("max message bytes (1..=2^30)", self.max_msg);
+        if !(1..1 << 30).contains(&self.max_msg) {
+            return bad("max message bytes (1..2^30)", self.max_msg);
         }
         Ok(())
     }
 
-    /// Bytes of one direction.
-    pub fn dir_len(&self) -> usize {
-        SLOTS + LINE * self.slots as usize + self.data_len as usize
-    }
-
     /// Bytes of the whole channel region.
     pub fn region_len(&self) -> usize {
-        DIRS + 2 * self.dir_len()
+        SLOTS + LINE * self.slots as usize + 2 * self.data_len as usize
     }
 
     /// Offsets of direction `d` (0: side 0 → side 1).
     pub fn dir(&self, d: usize) -> Dir {
-        let base = DIRS + d * self.dir_len();
+        let lines = DIRS + 3 * LINE * d;
         Dir {
-            prod: base + PROD,
-            cons: base + CONS,
-            wake: base + WAKE,
-            slots: base + SLOTS,
-            data: base + SLOTS + LINE * self.slots as usize,
+            prod: lines,
+            cons: lines + LINE,
+            wake: lines + 2 * LINE,
+            slots: SLOTS + SLOT * d,
+            data: SLOTS + LINE * self.slots as usize + d * self.data_len as usize,
         }
     }
 }
@@ -258,7 +256,7 @@ pub struct Dir {
     pub cons: usize,
     /// Wake line.
     pub wake: usize,
-    /// First slot.
+    /// This direction's slot 0 (slot `i` is at `slots + 64 * i`).
     pub slots: usize,
     /// Data area.
     pub data: usize,
@@ -402,7 +400,7 @@ impl Meter {
             let mut n = self.last[d].max(region.load64(dir.consumed(), Acquire));
             for _ in 0..g.slots {
                 let off = dir.slots + LINE * (n & mask) as usize + SEQ;
-                if region.load64(off, Acquire) != n + 1 {
+                if region.load32(off, Acquire) != (n + 1) as u32 {
                     break;
                 }
                 n += 1;

@@ -198,22 +198,31 @@ pub struct Request {
 
 #[derive(Clone, Debug)]
 struct Matcher {
+    /// World rank of the source, `None` for any member.
     src: Option<Rank>,
+    /// The source as given (communicator rank).
+    local: Rank,
     tag: Option<u32>,
     ctx: u32,
-    members: Arc<[Rank]>,
+    /// Members, only for `ANY_SOURCE` (no reference counting on the fast path).
+    members: Option<Arc<[Rank]>>,
 }
 
 impl Matcher {
     fn hit(&self, w: Rank, env: &Envelope) -> bool {
         env.ctx == self.ctx
             && self.tag.is_none_or(|t| t == env.tag)
-            && self
-                .src
-                .map_or_else(|| self.members.contains(&w), |s| s == w)
+            && match (self.src, &self.members) {
+                (Some(s), _) => s == w,
+                (None, Some(m)) => m.contains(&w),
+                (None, None) => false,
+            }
     }
     fn status(&self, w: Rank, env: &Envelope) -> Status {
-        let source = self.members.iter().position(|&m| m == w).unwrap_or(0) as Rank;
+        let source = match &self.members {
+            Some(m) if self.src.is_none() => m.iter().position(|&x| x == w).unwrap_or(0) as Rank,
+            _ => self.local,
+        };
         Status {
             source,
             tag: env.tag,
@@ -424,6 +433,7 @@ impl<P: Platform> Endpoint<P> {
     }
 
     fn matcher(&self, comm: &Comm, src: Rank, tag: u32) -> Result<Matcher, Error> {
+        let src_local = src;
         let src = if src == ANY_SOURCE {
             None
         } else {
@@ -445,9 +455,14 @@ impl<P: Platform> Endpoint<P> {
         let tag = (tag != ANY_TAG).then_some(tag);
         Ok(Matcher {
             src,
+            local: src_local,
             tag,
             ctx: comm.ctx,
-            members: comm.ranks.clone(),
+            members: if src.is_none() {
+                Some(comm.ranks.clone())
+            } else {
+                None
+            },
         })
     }
 

@@ -8,6 +8,7 @@
 
 use crate::layout::{
     self, Dir, Frag, Geometry, INLINE_MAX, KIND_ABORT, KIND_FRAG, KIND_INLINE, LINE, PAYLOAD, SEQ,
+    SLOT,
 };
 use crate::shm::Region;
 use crate::{Error, Rank};
@@ -177,15 +178,14 @@ impl Tx {
 
     fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: &[u8]) {
         let off = self.d.slots + LINE * (self.head & (u64::from(self.g.slots) - 1)) as usize;
-        let mut hdr = [0u8; 16];
+        let mut hdr = [0u8; 12];
         hdr[0..4].copy_from_slice(&tag.to_le_bytes());
         hdr[4..8].copy_from_slice(&ctx.to_le_bytes());
-        hdr[8..12].copy_from_slice(&(len as u32).to_le_bytes());
-        hdr[12..16].copy_from_slice(&kind.to_le_bytes());
-        self.r.write(off + 8, &hdr);
+        hdr[8..12].copy_from_slice(&(len as u32 | kind << 30).to_le_bytes());
+        self.r.write(off + 4, &hdr);
         self.r.write(off + PAYLOAD, payload);
         self.head += 1;
-        self.r.store64(off + SEQ, self.head, Release);
+        self.r.store32(off + SEQ, self.head as u32, Release);
     }
 
     /// Sends (more of) one message: `done` bytes of `data` already went out in earlier
@@ -310,16 +310,16 @@ impl Rx {
             return Ok(Some(s));
         }
         let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
-        let seq = self.r.load64(off + SEQ, Acquire);
-        if seq != self.next + 1 {
+        let seq = self.r.load32(off + SEQ, Acquire);
+        if seq != (self.next + 1) as u32 {
             // Not yet written: the slot still holds the previous lap's message (or 0).
-            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots));
+            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots)) as u32;
             if seq == old {
                 return Ok(None);
             }
-            return Err(self.malformed("slot sequence", seq));
+            return Err(self.malformed("slot sequence", seq.into()));
         }
-        let mut b = [0u8; LINE];
+        let mut b = [0u8; SLOT];
         self.r.read(off, &mut b);
         let s = layout::Slot::read_from_bytes(&b).map_err(|_| Error::Malformed {
             rank: self.peer,
@@ -329,10 +329,11 @@ impl Rx {
         let env = Envelope {
             tag: s.tag,
             ctx: s.ctx,
-            len: s.len as usize,
+            len: (s.len_kind & ((1 << 30) - 1)) as usize,
         };
         let mut frag = Frag::default();
-        match s.kind {
+        let kind = s.len_kind >> 30;
+        match kind {
             KIND_INLINE if env.len <= INLINE_MAX => {}
             KIND_INLINE => return Err(self.malformed("inline length", env.len as u64)),
             KIND_ABORT => {}
@@ -371,7 +372,7 @@ impl Rx {
         }
         let sv = Slotv {
             env,
-            kind: s.kind,
+            kind,
             frag,
             inline: s.payload,
         };
