@@ -30,6 +30,7 @@
 //! | 115 | [`exit::BAD_PCI_LAYOUT`]: unexpected PCI layout (BAR, window, capability) |
 //! | 116 | [`exit::BAD_BOOT_INFO`]: the loader handed over nothing usable |
 //! | 117 | [`exit::DOUBLE_FAULT`] |
+//! | 118 | [`exit::DEVICE_ERROR`]: a device misbehaved (virtio-blk smoke test) |
 //!
 //! # System calls
 //!
@@ -82,6 +83,8 @@ pub mod exit {
     pub const BAD_BOOT_INFO: u8 = 116;
     /// Double fault (a fault while handling a fault).
     pub const DOUBLE_FAULT: u8 = 117;
+    /// A device answered wrongly (e.g. the virtio-blk smoke test failed).
+    pub const DEVICE_ERROR: u8 = 118;
 
     /// A short name for a status, for logs and error messages.
     pub fn describe(v: u8) -> &'static str {
@@ -103,6 +106,7 @@ pub mod exit {
             BAD_PCI_LAYOUT => "unexpected PCI layout",
             BAD_BOOT_INFO => "no usable boot information",
             DOUBLE_FAULT => "double fault",
+            DEVICE_ERROR => "device error",
             _ => "unknown status",
         }
     }

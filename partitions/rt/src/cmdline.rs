@@ -11,6 +11,7 @@ pub(crate) struct Settings {
     pub ecam: Option<u64>,
     pub need_shm: usize,
     pub need_doorbell: bool,
+    pub virtio_blk: bool,
 }
 
 fn bad(msg: &str, token: &[u8]) -> ! {
@@ -52,6 +53,7 @@ pub(crate) fn parse() -> Settings {
         ecam: None,
         need_shm: 0,
         need_doorbell: false,
+        virtio_blk: false,
     };
     let len = user.cmdline_len;
     let line = &user.cmdline[..len];
@@ -103,6 +105,8 @@ pub(crate) fn parse() -> Settings {
                 bad("more shared-memory devices than the runtime maps", tok)
             }
             s.need_shm = m as usize;
+        } else if k == key::VIRTIO_BLK_TEST.as_bytes() {
+            s.virtio_blk = number(k, v) != 0;
         } else if k == key::NEED_DOORBELL.as_bytes() {
             s.need_doorbell = number(k, v) != 0;
         }

@@ -47,6 +47,7 @@ pub mod time;
 mod trap;
 mod uhyve;
 mod user;
+mod virtio;
 
 pub use abi;
 pub use arch::cpl;

@@ -33,7 +33,7 @@ pub(crate) enum Cfg {
 }
 
 impl Cfg {
-    fn read(self, a: PciAddress, off: u16) -> u32 {
+    pub(crate) fn read(self, a: PciAddress, off: u16) -> u32 {
         let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
         match self {
             // SAFETY: configuration mechanism #1; the address selects one dword.
@@ -52,7 +52,7 @@ impl Cfg {
         }
     }
 
-    fn write(self, a: PciAddress, off: u16, v: u32) {
+    pub(crate) fn write(self, a: PciAddress, off: u16, v: u32) {
         let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
         match self {
             // SAFETY: as in `read`.
@@ -108,13 +108,16 @@ struct Alloc {
 }
 
 /// Scans bus 0, sets up every ivshmem device and records it in the user info.
-/// Exits with [`exit::BAD_PCI_LAYOUT`] on anything unexpected.
-pub(crate) fn scan(cfg: Cfg) {
+/// Exits with [`exit::BAD_PCI_LAYOUT`] on anything unexpected. With
+/// `virtio_blk` set, runs the virtio-blk smoke test on the first such device
+/// ([`exit::MISSING_DEVICE`] when there is none).
+pub(crate) fn scan(cfg: Cfg, virtio_blk: bool) {
     let mut al = Alloc {
         window: WINDOW,
         regs: REGS,
         doorbells: 0,
     };
+    let mut blk = None;
     for device in 0..32u8 {
         let a0 = PciAddress {
             bus: 0,
@@ -135,6 +138,12 @@ pub(crate) fn scan(cfg: Cfg) {
             let id = cfg.read(a, 0);
             if id & 0xffff == 0xffff {
                 continue;
+            }
+            if id & 0xffff == u32::from(IVSHMEM_VENDOR)
+                && matches!(id >> 16, 0x1001 | 0x1042)
+                && blk.is_none()
+            {
+                blk = Some(a);
             }
             if id & 0xffff == u32::from(IVSHMEM_VENDOR) && id >> 16 == u32::from(IVSHMEM_DEVICE) {
                 // SAFETY: CPL 0, boot.
@@ -160,6 +169,15 @@ pub(crate) fn scan(cfg: Cfg) {
         }
     }
     paging::flush();
+    if virtio_blk {
+        match blk {
+            Some(a) => crate::virtio::blk_smoke_test(cfg, a, &mut al.window),
+            None => {
+                kprint!("vmpi-rt: missing device: virtio_blk_test=1 but no virtio-blk device\n");
+                crate::console::exit(exit::MISSING_DEVICE)
+            }
+        }
+    }
 }
 
 /// Sizes a 32-bit memory BAR at `off`, leaving it all-ones.

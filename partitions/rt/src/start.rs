@@ -138,8 +138,12 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
             crate::apic::init();
         }
         if let Some(cfg) = crate::pci::probe(settings.ecam) {
-            crate::pci::scan(cfg);
+            crate::pci::scan(cfg, settings.virtio_blk);
         }
+    }
+    if k.platform != Platform::Qemu && settings.virtio_blk {
+        kprint!("vmpi-rt: missing device: virtio_blk_test=1 but no PCI bus\n");
+        console::exit(exit::MISSING_DEVICE)
     }
     if user.nshm < settings.need_shm {
         kprint!(
