@@ -18,10 +18,11 @@
 //! | `tsc_khz` | host TSC frequency in kHz (runtime key) | `tsc_khz=2995200` |
 //! | ... | the partition's own `args` from the manifest, last | `greeting=hi` |
 //!
-//! # Channel memory layout assumed by the sizes
-//! A channel file is `[header: CHANNEL_HEADER_BYTES][ring lower→higher][ring higher→lower]`,
-//! rounded up to a power of two (at least 2 MiB); a ring not granted has 0 bytes.
-//! The interconnect crate owns what lies inside the header and the rings.
+//! # Channel memory
+//! The launcher initialises every channel file with `interconnect::layout::init`
+//! (header with magic, geometry and the two world ranks; control word open; both
+//! sides alive). The guest reads the geometry from that header; `TX`/`RX` in `ch=`
+//! say which directions it may use and how large the manifest made them.
 
 use std::fmt;
 use std::str::FromStr;

@@ -204,12 +204,15 @@ fn say(msg: &str) {
 }
 
 /// THE hook where the launcher initialises a channel's shared memory before any
-/// partition maps it. The file is fresh and zero-filled; the header layout belongs
-/// to the interconnect crate (a later step writes it here: control word "open",
-/// ring geometry from `channel.dirs`).
+/// partition maps it: `interconnect::layout::init` writes the header (magic,
+/// geometry from the manifest's rings, world ranks of side 0 and 1), opens the
+/// channel and marks both sides alive. The layout itself is the interconnect's.
 pub fn init_channel(file: &File, channel: &Channel) -> std::io::Result<()> {
-    let _ = (file, channel);
-    Ok(())
+    let len = usize::try_from(channel.file_bytes).map_err(std::io::Error::other)?;
+    let region = interconnect::shm::host::map_file(file, len)?;
+    let ranks = channel.ends.map(|r| r as interconnect::Rank);
+    interconnect::layout::init(&region, channel.geometry(), ranks)
+        .map_err(|e| std::io::Error::other(format!("initialising channel {}: {e}", channel.index)))
 }
 
 /// Removes `/dev/shm/vmpi-PID-*` files and `$TMPDIR/vmpi-PID` folders of vmpi runs

@@ -19,10 +19,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Bytes at the start of every channel file reserved for the channel header
-/// (control word, per-direction counters). The layout inside belongs to the
-/// interconnect crate; the launcher only reserves the space.
-pub const CHANNEL_HEADER_BYTES: u64 = 4096;
+/// Ring slots per direction for rings of 16 KiB and more (`interconnect::layout`);
+/// smaller rings get one slot per 64 bytes.
+pub const RING_SLOTS: u32 = 256;
 /// Smallest channel file: ivshmem maps the file as a PCI BAR, and the runtime maps
 /// BARs with 2 MiB pages.
 pub const MIN_CHANNEL_BYTES: u64 = 2 << 20;
@@ -305,6 +304,12 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The interconnect geometry of its rings.
+    pub fn geometry(&self) -> interconnect::layout::Geometry {
+        let ring = |e: &Option<Edge>| e.as_ref().map_or(0, |e| e.ring_bytes);
+        channel_geometry(ring(&self.dirs[0]), ring(&self.dirs[1]))
+    }
+
     /// Which end (0 or 1) `rank` is, if it is one.
     pub fn end_of(&self, rank: usize) -> Option<usize> {
         self.ends.iter().position(|&r| r == rank)
@@ -518,11 +523,28 @@ fn positive(cx: &Cx<'_>, key: &str, v: &Spanned<i64>) -> Result<u64, ManifestErr
     }
 }
 
-/// Size of a channel file holding a header and two rings.
+/// The interconnect's geometry for a channel whose directions have rings of
+/// `ring_lo_hi` and `ring_hi_lo` bytes (0: not granted). The interconnect's format
+/// is symmetric, so both directions get the larger ring as their data area; rights,
+/// not memory, keep an ungranted direction unused.
+pub fn channel_geometry(ring_lo_hi: u64, ring_hi_lo: u64) -> interconnect::layout::Geometry {
+    let ring = ring_lo_hi
+        .max(ring_hi_lo)
+        .clamp(MIN_RING_BYTES, MAX_RING_BYTES);
+    interconnect::layout::Geometry {
+        slots: u32::try_from(ring / 64)
+            .unwrap_or(RING_SLOTS)
+            .clamp(2, RING_SLOTS),
+        data_len: u32::try_from(ring).unwrap_or(u32::MAX),
+        ..interconnect::layout::Geometry::default()
+    }
+}
+
+/// Size of a channel file: the interconnect's region for [`channel_geometry`],
+/// rounded up to a power of two (a PCI BAR) of at least 2 MiB.
 pub fn channel_file_bytes(ring_lo_hi: u64, ring_hi_lo: u64) -> u64 {
-    (CHANNEL_HEADER_BYTES + ring_lo_hi + ring_hi_lo)
-        .next_power_of_two()
-        .max(MIN_CHANNEL_BYTES)
+    let region = channel_geometry(ring_lo_hi, ring_hi_lo).region_len() as u64;
+    region.next_power_of_two().max(MIN_CHANNEL_BYTES)
 }
 
 fn resolve(path: &Path, cx: &Cx<'_>, raw: RawManifest) -> Result<System, ManifestError> {

@@ -251,7 +251,14 @@ fn ctrl_c_stops_every_vm_and_removes_every_file() {
     // While it runs: one file per channel, sized from the rings.
     let ch0 = std::fs::metadata(format!("/dev/shm/vmpi-{pid}-0")).unwrap();
     let ch1 = std::fs::metadata(format!("/dev/shm/vmpi-{pid}-1")).unwrap();
-    assert_eq!((ch0.len(), ch1.len()), (2 << 20, 8 << 20), "{lines:?}");
+    assert_eq!((ch0.len(), ch1.len()), (2 << 20, 16 << 20), "{lines:?}");
+    // The launcher initialised the interconnect's header: magic, then the ranks.
+    let head = std::fs::read(format!("/dev/shm/vmpi-{pid}-1")).unwrap();
+    assert_eq!(&head[..8], b"VMPICHN1");
+    let word = |o: usize| u32::from_le_bytes(head[o..o + 4].try_into().unwrap());
+    // version, slots, data area (the 4 MiB ring), then world ranks of sides 0 and 1.
+    assert_eq!((word(8), word(12), word(16)), (1, 256, 4 << 20));
+    assert_eq!((word(24), word(28)), (0, 2), "ranks of a and c");
     assert!(
         !Path::new(&format!("/dev/shm/vmpi-{pid}-2")).exists(),
         "b and c were granted nothing"

@@ -137,7 +137,13 @@ quota = { messages_per_sec = 2, bytes_per_sec = 2, burst = 2 }
     let c = &s.channels[0];
     assert_eq!(c.dirs[0].as_ref().unwrap().ring_bytes, 4096);
     assert_eq!(c.dirs[1].as_ref().unwrap().ring_bytes, 2 << 20);
-    assert_eq!(c.file_bytes, 4 << 20, "header + 4K + 2M rounds up to 4M");
+    assert_eq!(
+        c.file_bytes,
+        8 << 20,
+        "both directions get the larger ring: 2 * 2M + slots -> 8M"
+    );
+    assert_eq!(c.geometry().data_len, 2 << 20);
+    assert_eq!(c.geometry().slots, RING_SLOTS);
 }
 
 #[test]
@@ -464,6 +470,18 @@ fn unreadable_file() {
         e.starts_with("/nonexistent/x.toml: cannot read manifest"),
         "{e}"
     );
+}
+
+#[test]
+fn channel_sizes_follow_the_interconnect_geometry() {
+    let g = channel_geometry(4096, 0);
+    assert_eq!((g.slots, g.data_len), (64, 4096));
+    assert!(g.validate().is_ok());
+    assert_eq!(channel_file_bytes(4096, 0), MIN_CHANNEL_BYTES);
+    let g = channel_geometry(64 << 20, 4096);
+    assert!(g.validate().is_ok());
+    assert!(g.region_len() as u64 <= channel_file_bytes(64 << 20, 4096));
+    assert_eq!(channel_file_bytes(64 << 20, 0), 256 << 20);
 }
 
 #[test]
