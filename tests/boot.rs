@@ -56,7 +56,7 @@ fn hello_without_tsc_khz_calibrates() {
 #[test]
 fn hello_uhyve() {
     let Some(u) = uhyve() else {
-        eprintln!("hello_uhyve: SKIPPED: uhyve unavailable");
+        vmpi_tests::say(format_args!("hello_uhyve: SKIPPED: uhyve unavailable"));
         return;
     };
     let out = Vm::uhyve(&u, &image("hello"), 32, &["name=world", "status=7"]).run();

@@ -2,7 +2,7 @@
 //! QEMU and uhyve, choose KVM or TCG (and say which), run a VM with a timeout
 //! (killed on drop), and shared-memory files under /dev/shm removed on drop.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -47,18 +47,18 @@ pub fn images() -> &'static Path {
             String::from_utf8_lossy(&out.stderr)
         );
         let imgs = target.join("x86_64-unknown-none").join("release");
-        eprintln!(
+        say(format_args!(
             "vmpi-tests: partition images built in {:.1} s",
             t.elapsed().as_secs_f64()
-        );
+        ));
         for name in ["hello", "faulty", "pingpong", "doorbell"] {
             let len = std::fs::metadata(imgs.join(name))
                 .map(|m| m.len())
                 .unwrap_or(0);
-            eprintln!(
+            say(format_args!(
                 "vmpi-tests: image {name}: {len} bytes ({:.1} KiB)",
                 len as f64 / 1024.0
-            );
+            ));
         }
         imgs
     })
@@ -91,10 +91,12 @@ pub fn accel() -> Accel {
                 .open("/dev/kvm")
                 .is_ok();
         if kvm {
-            eprintln!("vmpi-tests: accelerator KVM (/dev/kvm)");
+            say(format_args!("vmpi-tests: accelerator KVM (/dev/kvm)"));
             Accel::Kvm
         } else {
-            eprintln!("vmpi-tests: NO usable /dev/kvm: running VMs under TCG (software emulation)");
+            say(format_args!(
+                "vmpi-tests: NO usable /dev/kvm: running VMs under TCG (software emulation)"
+            ));
             Accel::Tcg
         }
     })
@@ -128,7 +130,9 @@ pub fn uhyve() -> Option<PathBuf> {
         if let Some(p) = find() {
             return Some(p);
         }
-        eprintln!("vmpi-tests: uhyve missing: cargo install uhyve --version 0.10.0 --locked");
+        say(format_args!(
+            "vmpi-tests: uhyve missing: cargo install uhyve --version 0.10.0 --locked"
+        ));
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let ok = Command::new(cargo)
             .args(["install", "uhyve", "--version", "0.10.0", "--locked"])
@@ -138,7 +142,9 @@ pub fn uhyve() -> Option<PathBuf> {
             .is_ok_and(|s| s.success());
         let found = if ok { find() } else { None };
         if found.is_none() {
-            eprintln!("vmpi-tests: !!! uhyve could not be installed: uhyve cases are SKIPPED !!!");
+            say(format_args!(
+                "vmpi-tests: !!! uhyve could not be installed: uhyve cases are SKIPPED !!!"
+            ));
         }
         found
     })
@@ -539,4 +545,10 @@ impl Drop for IvshmemServer {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// Prints a line on the real stderr, past the test harness's output capture,
+/// so choices such as "running under TCG" are always visible.
+pub fn say(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{args}");
 }
