@@ -15,6 +15,7 @@
 //! | `ch` | once per channel, in PCI-slot order: see [`ChannelArg`] | `ch=1:1:0:65536:65536:n:*` |
 //! | `need_shm` | runtime key (`abi::key`), only with channels: how many ivshmem devices must be found | `need_shm=2` |
 //! | `need_doorbell` | runtime key, only with channels: `1` = doorbells (MSI-X) required | `need_doorbell=1` |
+//! | `pci_ecam` | runtime key, only on `machine = "q35"`: its ECAM address | `pci_ecam=0xb0000000` |
 //! | `tsc_khz` | host TSC frequency in kHz (runtime key) | `tsc_khz=2995200` |
 //! | ... | the partition's own `args` from the manifest, last | `greeting=hi` |
 //!
@@ -28,6 +29,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::manifest::{Channel, System};
+
+/// Physical address of q35's PCI ECAM window, passed as `pci_ecam` on q35.
+pub const Q35_ECAM: u64 = 0xb000_0000;
 
 /// Version of the key set; bump it when a key changes meaning.
 pub const VERSION: u32 = 1;
@@ -174,6 +178,10 @@ pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
     if channels > 0 {
         v.push(format!("{}={channels}", abi::key::NEED_SHM));
         v.push(format!("{}=1", abi::key::NEED_DOORBELL));
+    }
+    if sys.machine == crate::manifest::Machine::Q35 {
+        // q35's ECAM (ACPI MCFG is not read by the runtime).
+        v.push(format!("{}={Q35_ECAM:#x}", abi::key::PCI_ECAM));
     }
     v.push(format!("{}={tsc_khz}", abi::key::TSC_KHZ));
     v.extend(p.args.iter().cloned());

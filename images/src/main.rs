@@ -191,11 +191,13 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let code = report.exit_code();
             match report.worst() {
-                Some(w) => println!(
-                    "[vmpi] worst: {} {} -> exit status {code}",
-                    w.name, w.outcome
-                ),
-                None => println!("[vmpi] exit status {code}"),
+                Some(w) if code != 0 => {
+                    println!(
+                        "[vmpi] worst: {} {} -> exit status {code}",
+                        w.name, w.outcome
+                    );
+                }
+                _ => println!("[vmpi] every partition succeeded -> exit status 0"),
             }
             Ok(code)
         }

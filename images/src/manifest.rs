@@ -29,9 +29,10 @@ pub const MIN_CHANNEL_BYTES: u64 = 2 << 20;
 pub const MIN_RING_BYTES: u64 = 4096;
 /// Largest ring (per direction).
 pub const MAX_RING_BYTES: u64 = 64 << 20;
-/// Guest-physical window where a partition maps its channels (the PCI host bridge's
-/// 32-bit MMIO window on `microvm,pcie=on`: 0xc000_0000..0xe000_0000).
-pub const CHANNEL_WINDOW_BYTES: u64 = 512 << 20;
+/// Guest-physical room for a partition's channels: the PCI host bridge's 32-bit
+/// window 0xc000_0000..0xe000_0000 less its last 2 MiB, where the runtime puts the
+/// devices' register pages (`partitions/rt/src/pci.rs`).
+pub const CHANNEL_WINDOW_BYTES: u64 = (512 - 2) << 20;
 /// Channels per partition: the runtime maps at most `abi::MAX_SHM` shared-memory
 /// regions (PCI slots 1..=30 would allow 30: slot 0 is the host bridge, 31 q35's LPC).
 pub const MAX_CHANNELS_PER_PARTITION: usize = abi::MAX_SHM;
