@@ -683,3 +683,89 @@ fn stop_all(vms: &mut [Vm]) {
         vm.outcome = Some(Outcome::Stopped);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn outcomes_from_exit_statuses() {
+        let q = |c| Outcome::from_exit(exited(c), Hypervisor::Qemu);
+        assert_eq!(q(1), Outcome::Status(0));
+        assert_eq!(q(7), Outcome::Status(3));
+        assert_eq!(q(0), Outcome::NoStatus(0));
+        assert_eq!(q(2), Outcome::NoStatus(2));
+        assert_eq!(
+            Outcome::from_exit(exited(5), Hypervisor::Uhyve),
+            Outcome::Status(5)
+        );
+        assert_eq!(
+            Outcome::from_exit(ExitStatus::from_raw(9), Hypervisor::Qemu),
+            Outcome::Signal(9)
+        );
+        assert!(Outcome::Status(101).is_fault() && Outcome::NoStatus(0).is_fault());
+        assert!(!Outcome::Status(99).is_fault() && !Outcome::Stopped.is_fault());
+    }
+
+    #[test]
+    fn worst_outcome_decides_the_exit_code() {
+        let row = |o| Row {
+            name: String::new(),
+            outcome: o,
+            restarts: 0,
+            log: PathBuf::new(),
+        };
+        let report = |rows: Vec<Outcome>, interrupted| Report {
+            rows: rows.into_iter().map(row).collect(),
+            interrupted,
+            timed_out: false,
+        };
+        assert_eq!(
+            report(vec![Outcome::Status(0), Outcome::Status(0)], false).exit_code(),
+            0
+        );
+        assert_eq!(
+            report(vec![Outcome::Status(3), Outcome::Status(0)], false).exit_code(),
+            3
+        );
+        assert_eq!(
+            report(vec![Outcome::Status(3), Outcome::Status(101)], false).exit_code(),
+            101
+        );
+        assert_eq!(
+            report(vec![Outcome::Status(101), Outcome::Signal(9)], false).exit_code(),
+            125
+        );
+        assert_eq!(
+            report(vec![Outcome::Stopped, Outcome::Status(0)], true).exit_code(),
+            130
+        );
+        assert_eq!(report(vec![Outcome::Stopped], false).exit_code(), 124);
+        assert_eq!(
+            report(vec![Outcome::Stopped, Outcome::Status(2)], true).exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn stale_files_of_dead_runs_are_swept() {
+        // A pid that existed and is gone: our own finished child.
+        let mut c = Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let stale = shm_path(dead, 0);
+        let live = shm_path(std::process::id(), 999);
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&live, b"x").unwrap();
+        let removed = sweep_stale();
+        let live_kept = live.exists();
+        let _ = std::fs::remove_file(&live);
+        let _ = std::fs::remove_file(&stale);
+        assert!(removed.contains(&stale), "{removed:?}");
+        assert!(live_kept, "a live run's file is kept");
+    }
+}

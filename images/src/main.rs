@@ -137,7 +137,7 @@ fn run(cli: Cli) -> Result<u8> {
                 .find(|p| p.hypervisor == Hypervisor::Uhyve);
             let uhyve = match uhyve {
                 Some(p) => {
-                    Some(qemu::which("uhyve").ok_or_else(|| HostError::NoUhyve(p.name.clone()))?)
+                    Some(qemu::find_uhyve().ok_or_else(|| HostError::NoUhyve(p.name.clone()))?)
                 }
                 None => None,
             };

@@ -89,7 +89,17 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// What to tell a user without QEMU (`root`: running as root; `apt`: apt-get exists).
+/// The uhyve binary: on `PATH`, else where `cargo install` puts it.
+pub fn find_uhyve() -> Option<PathBuf> {
+    which("uhyve").or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+        Some(home.join("bin/uhyve")).filter(|p| p.is_file())
+    })
+}
+
+/// What to tell a user without QEMU (`root`: running as root).
 pub fn install_advice(root: bool) -> String {
     let cmd = "apt-get update && apt-get install -y qemu-system-x86";
     if root {
@@ -212,7 +222,10 @@ pub fn uhyve_args(sys: &System, rank: usize, image: &Path, args: &[String]) -> V
         "--no-aslr".into(),
         image.display().to_string(),
     ];
-    a.extend(args.iter().cloned());
+    if !args.is_empty() {
+        a.push("--".into());
+        a.extend(args.iter().cloned());
+    }
     a
 }
 
@@ -241,6 +254,14 @@ mod tests {
         );
         let t = qemu_args(&sys, 4, Accel::Tcg, &paths, "").join(" ");
         assert!(t.contains("-accel tcg") && !t.contains("ivshmem"), "{t}");
+    }
+
+    #[test]
+    fn uhyve_command_line() {
+        let text = "[system]\nname = \"u\"\n[[partition]]\nname = \"a\"\nservice = \"s\"\nmemory = \"32M\"\nhypervisor = \"uhyve\"\n";
+        let sys = crate::manifest::parse(Path::new("u.toml"), text).unwrap();
+        let a = uhyve_args(&sys, 0, Path::new("/i/s"), &["rank=0".into()]).join(" ");
+        assert_eq!(a, "-m 32MiB --no-aslr /i/s -- rank=0");
     }
 
     #[test]
