@@ -114,6 +114,13 @@ pub fn build(sys: &System, partitions: &Path) -> Result<Vec<PathBuf>, ImageError
             .current_dir(partitions)
             .args(["build", "--release", "-p", s, "--target-dir"])
             .arg(partitions.join("target"))
+            // The partitions workspace has its own target and flags: drop what a
+            // surrounding cargo (cargo run, cargo test) may have set.
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .status()
             .map_err(|source| ImageError::Cargo {
                 dir: partitions.to_path_buf(),

@@ -41,7 +41,8 @@ enum Cmd {
     Up {
         /// The manifest.
         manifest: PathBuf,
-        /// Accelerator: auto = KVM if /dev/kvm is usable, else TCG.
+        /// Accelerator: auto = KVM if /dev/kvm is usable (and VMPI_ACCEL is not
+        /// `tcg`), else TCG.
         #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
         accel: AccelArg,
         /// Stop every partition after this many seconds.
@@ -144,6 +145,10 @@ fn run(cli: Cli) -> Result<u8> {
             let accel = match accel {
                 AccelArg::Kvm => Accel::Kvm,
                 AccelArg::Tcg => Accel::Tcg,
+                AccelArg::Auto if std::env::var("VMPI_ACCEL").is_ok_and(|v| v == "tcg") => {
+                    println!("[vmpi] VMPI_ACCEL=tcg: using TCG (software emulation)");
+                    Accel::Tcg
+                }
                 AccelArg::Auto => {
                     let a = Accel::detect();
                     if a == Accel::Tcg {

@@ -440,3 +440,53 @@ fn every_subcommand_has_help() {
         );
     }
 }
+
+/// The checked-in manifests with the real partition images (built here through
+/// `vmpi build`): hello prints and succeeds; the demo's five partitions come up with
+/// their doorbell devices in the slots the command line names (the runtime stops
+/// with MISSING_DEVICE otherwise) and succeed.
+#[test]
+fn checked_in_manifests_run_with_the_real_images() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("demo.toml");
+    let o = run(&["build", demo.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(err.contains("[1/1] building service `hello`"), "{err}");
+
+    let d = Dir::new("real");
+    let logs = d.0.join("logs");
+    let hello = root.join("hello.toml");
+    let o = run(&[
+        "up",
+        hello.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("[hello] arg rank=0"), "{out}");
+    assert!(
+        out.contains("every partition succeeded -> exit status 0"),
+        "{out}"
+    );
+
+    let child = vmpi()
+        .args(["up", demo.to_str().unwrap(), "-q", "--timeout", "120"])
+        .args(["--log-dir", logs.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("all 5 partition(s) up"), "{out}");
+    let client = std::fs::read_to_string(logs.join("client.log")).unwrap();
+    assert!(
+        client.contains("[client] arg ch=2:2:0:262144:262144:n:*"),
+        "{client}"
+    );
+    assert_clean(pid);
+}
