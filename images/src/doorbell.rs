@@ -238,6 +238,15 @@ impl Server {
         let Ok((stream, _)) = self.chans[c].ends[e].listener.accept() else {
             return;
         };
+        // A restarted VM may connect before this thread has seen its predecessor
+        // hang up: settle the old connection first.
+        if self.chans[c].ends[e]
+            .conn
+            .as_ref()
+            .is_some_and(|old| !alive(old))
+        {
+            self.hang_up(c, e);
+        }
         if self.chans[c].ends[e].conn.is_some() {
             // One VM per end: refuse (closing the stream makes QEMU fail to start).
             drop(stream);
@@ -307,6 +316,16 @@ impl Server {
         }
     }
 
+    /// Drops end `e`'s connection and tells the others.
+    fn hang_up(&mut self, c: usize, e: usize) {
+        self.chans[c].ends[e].conn = None;
+        self.disconnect(c, e);
+        self.emit(Event::Disconnected {
+            channel: c,
+            peer: e,
+        });
+    }
+
     /// Tells every other peer of channel `c` that `e` is gone.
     fn disconnect(&mut self, c: usize, e: usize) {
         for (p, end) in self.chans[c].ends.iter().enumerate() {
@@ -316,6 +335,21 @@ impl Server {
             }
         }
     }
+}
+
+/// Whether a client is still connected (its socket is not at end of stream).
+fn alive(conn: &Conn) -> bool {
+    let mut b = 0u8;
+    // SAFETY: a one-byte peek into a local; MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::recv(
+            conn.stream.as_raw_fd(),
+            (&raw mut b).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0 || (n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {

@@ -148,6 +148,35 @@ fn protocol_with_two_clients() {
     );
 }
 
+#[test]
+fn a_restarted_client_is_served_even_before_the_hang_up_is_seen() {
+    let (scratch, shm) = Scratch::new("restart", 2 << 20);
+    let (tx, rx) = mpsc::channel();
+    let spec = ChannelSpec {
+        shm,
+        sockets: vec![scratch.sock(0), scratch.sock(1)],
+    };
+    let _server = DoorbellServer::start(vec![spec], tx).unwrap();
+    for round in 0..20 {
+        let a = UnixStream::connect(scratch.sock(0)).unwrap();
+        assert_eq!(handshake(&a).0, 0, "round {round}");
+        for _ in 0..VECTORS {
+            assert_eq!(recv(&a).0, 0);
+        }
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)).unwrap() {
+                Event::Connected {
+                    channel: 0,
+                    peer: 0,
+                } => break,
+                Event::Disconnected { .. } => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        drop(a); // and reconnect at once, as a restarted VM does
+    }
+}
+
 /// Kills and reaps a child on drop.
 struct Reap(Child);
 impl Drop for Reap {
