@@ -114,13 +114,13 @@ pub fn describe(sys: &System, partitions: &Path, tsc_khz: u64) -> String {
     let m = &sys.monitor;
     let _ = writeln!(
         o,
-        "\nmonitor: {}; on flood: {:?}; metering period {} ms",
+        "\nmonitor: {}; on flood: {}; metering period {} ms",
         m.partition
             .map_or("none (nobody meters)".to_string(), |r| format!(
                 "partition `{}`",
                 sys.partitions[r].name
             )),
-        m.on_flood,
+        m.on_flood.name(),
         m.period_ms
     );
     let _ = writeln!(o, "\nguest command lines:");
@@ -164,7 +164,7 @@ mod tests {
         );
         assert!(d.contains("on fault: restart (at most 3)"), "{d}");
         assert!(
-            d.contains("monitor: partition `monitor`; on flood: Kill"),
+            d.contains("monitor: partition `monitor`; on flood: kill"),
             "{d}"
         );
     }

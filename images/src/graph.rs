@@ -239,9 +239,9 @@ pub fn svg(sys: &System) -> String {
     ly += 20.0;
     let _ = writeln!(
         o,
-        r##"<rect x="20" y="{:.1}" width="28" height="12" fill="#fff4d6" stroke="#234" stroke-width="3"/><text x="56" y="{ly:.1}" font-size="12">monitor partition (meters every channel; on flood: {:?}); dashed border = uhyve</text>"##,
+        r##"<rect x="20" y="{:.1}" width="28" height="12" fill="#fff4d6" stroke="#234" stroke-width="3"/><text x="56" y="{ly:.1}" font-size="12">monitor partition (meters every channel; on flood: {}); dashed border = uhyve</text>"##,
         ly - 10.0,
-        sys.monitor.on_flood
+        sys.monitor.on_flood.name()
     );
     if !sys.channels.is_empty() {
         ly += 28.0;
@@ -328,6 +328,16 @@ mod tests {
             rest = &rest[end + 1..];
         }
         assert!(stack.is_empty(), "unclosed {stack:?}");
+    }
+
+    #[test]
+    fn checked_in_demo_picture_is_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.svg");
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == svg(&demo()),
+            "images/demo.svg is stale: run `vmpi graph images/demo.toml -o images/demo.svg`"
+        );
     }
 
     #[test]

@@ -203,6 +203,17 @@ pub enum FloodVerdict {
     Report,
 }
 
+impl FloodVerdict {
+    /// The manifest's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Revoke => "revoke",
+            Self::Report => "report",
+        }
+    }
+}
+
 /// Where a partition's kernel image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {

@@ -109,6 +109,27 @@ pub fn install_advice(root: bool) -> String {
     }
 }
 
+/// What to do about QEMU.
+#[derive(Debug, PartialEq, Eq)]
+pub enum QemuPlan {
+    /// It is there.
+    Use(PathBuf),
+    /// Install it with apt-get (root, apt-get present).
+    Install,
+    /// Tell the user to run this.
+    Advise(String),
+}
+
+/// Decides from what was found on `PATH`, whether we are root and whether apt-get
+/// exists.
+pub fn qemu_plan(found: Option<PathBuf>, root: bool, apt: bool) -> QemuPlan {
+    match found {
+        Some(q) => QemuPlan::Use(q),
+        None if root && apt => QemuPlan::Install,
+        None => QemuPlan::Advise(install_advice(root)),
+    }
+}
+
 /// The QEMU binary: `VMPI_QEMU` if set, else from `PATH`; if missing and we are
 /// root with apt-get, installs `qemu-system-x86` (apt's progress on the terminal).
 pub fn find_or_install_qemu() -> Result<PathBuf, HostError> {
@@ -120,13 +141,12 @@ pub fn find_or_install_qemu() -> Result<PathBuf, HostError> {
             Err(HostError::BadQemuOverride(q.display().to_string()))
         };
     }
-    if let Some(q) = which(QEMU) {
-        return Ok(q);
-    }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root || which("apt-get").is_none() {
-        return Err(HostError::NoQemu(install_advice(root)));
+    match qemu_plan(which(QEMU), root, which("apt-get").is_some()) {
+        QemuPlan::Use(q) => return Ok(q),
+        QemuPlan::Advise(cmd) => return Err(HostError::NoQemu(cmd)),
+        QemuPlan::Install => {}
     }
     eprintln!("vmpi: {QEMU} is missing; installing qemu-system-x86 with apt-get");
     for args in [&["update"][..], &["install", "-y", "qemu-system-x86"][..]] {
@@ -268,6 +288,25 @@ mod tests {
     fn no_kvm_device_means_tcg() {
         assert_eq!(Accel::detect_at(Path::new("/nonexistent/kvm")), Accel::Tcg);
         assert_eq!(Accel::Tcg.args(), ["-accel", "tcg"]);
+    }
+
+    #[test]
+    fn missing_qemu_is_installed_or_explained() {
+        let q = PathBuf::from("/usr/bin/qemu-system-x86_64");
+        assert_eq!(qemu_plan(Some(q.clone()), false, false), QemuPlan::Use(q));
+        assert_eq!(qemu_plan(None, true, true), QemuPlan::Install);
+        let QemuPlan::Advise(cmd) = qemu_plan(None, false, true) else {
+            panic!()
+        };
+        assert_eq!(
+            HostError::NoQemu(cmd).to_string(),
+            "qemu-system-x86_64 is not installed; run: \
+             sudo sh -c 'apt-get update && apt-get install -y qemu-system-x86'"
+        );
+        assert_eq!(
+            qemu_plan(None, true, false),
+            QemuPlan::Advise("apt-get update && apt-get install -y qemu-system-x86".into())
+        );
     }
 
     #[test]

@@ -196,6 +196,35 @@ fn fault_restarts_up_to_the_limit() {
     assert_eq!(log.matches("[f] boom").count(), 3, "{log}");
 }
 
+#[test]
+fn a_restarted_partition_gets_its_channels_back() {
+    let d = Dir::new("restart-ch");
+    let fault = d.file("f.elf", &pvh_elf(&code("boom\n", Some(101))));
+    let ok = d.file("ok.elf", &pvh_elf(&code("ok\n", Some(0))));
+    let m = format!(
+        "[system]\nname = \"rc\"\n{}{}[[right]]\nfrom = \"f\"\nto = \"g\"\ndirection = \"both\"\nring = \"64K\"\n{QUOTA}\n",
+        partition("f", &fault, "on_fault = \"restart\"\nmax_restarts = 2"),
+        partition("g", &ok, ""),
+    );
+    let manifest = d.file("rc.toml", m.as_bytes());
+    let logs = d.0.join("logs");
+    let o = run(&[
+        "up",
+        manifest.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+        "-q",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
+    // Each incarnation's QEMU completed the doorbell handshake (a refused one
+    // would end with a QEMU error, not the guest's status 101).
+    assert_eq!(out.matches("f ended: status 101").count(), 3, "{out}");
+    assert!(!out.contains("refused"), "{out}");
+    let log = std::fs::read_to_string(logs.join("f.log")).unwrap();
+    assert_eq!(log.matches("[f] boom").count(), 3, "{log}");
+}
+
 /// Reads `child`'s stdout until a line contains `needle`; returns the lines read.
 fn read_until(child: &mut Child, needle: &str) -> Vec<String> {
     let out = child.stdout.as_mut().unwrap();
