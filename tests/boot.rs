@@ -444,3 +444,47 @@ fn virtio_blk_smoke_test() {
     );
     assert_eq!(out.qemu_status(), Some(exit::MISSING_DEVICE));
 }
+
+#[test]
+fn without_debug_exit_the_partition_says_so_and_powers_off() {
+    for machine in [Machine::Microvm, Machine::Q35Qboot] {
+        let out = Vm::qemu_with(
+            machine,
+            &image("hello"),
+            64,
+            &format!("{TSC} status=3"),
+            false,
+        )
+        .timeout(Duration::from_secs(30))
+        .run();
+        assert!(
+            out.stdout
+                .contains("exit status 3 could not be reported (no isa-debug-exit at 0xf4)"),
+            "{machine:?}: {}",
+            out.stdout
+        );
+        assert!(!out.timed_out, "{machine:?}: the VM did not power off");
+        assert_eq!(out.code, Some(0), "{machine:?}");
+    }
+}
+
+#[test]
+fn unexpected_pci_layout_is_refused() {
+    // 1 GiB of shared memory cannot fit microvm's 512 MiB PCI window.
+    let shm = ShmFile::new("toobig", 1 << 30);
+    let out = Vm::qemu(Machine::MicrovmPcie, &image("hello"), 64, TSC)
+        .shm("s0", &shm)
+        .run();
+    assert!(
+        out.stdout
+            .contains("unexpected PCI layout at 00:01.0: shared memory does not fit"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.qemu_status(),
+        Some(exit::BAD_PCI_LAYOUT),
+        "{:?}",
+        out.code
+    );
+}

@@ -172,6 +172,17 @@ impl Vm {
     /// A VM booting `kernel` on `machine` with `mem` MiB and `append` as command
     /// line, with isa-debug-exit, serial on stdout, no reboot.
     pub fn qemu(machine: Machine, kernel: &Path, mem_mib: u32, append: &str) -> Vm {
+        Vm::qemu_with(machine, kernel, mem_mib, append, true)
+    }
+
+    /// As [`Vm::qemu`], with or without the isa-debug-exit device.
+    pub fn qemu_with(
+        machine: Machine,
+        kernel: &Path,
+        mem_mib: u32,
+        append: &str,
+        debug_exit: bool,
+    ) -> Vm {
         let mut cmd = Command::new(qemu());
         match machine {
             Machine::Microvm => cmd.args(["-M", "microvm,auto-kernel-cmdline=off"]),
@@ -191,7 +202,9 @@ impl Vm {
             "-no-user-config",
         ]);
         cmd.args(["-display", "none", "-serial", "stdio", "-no-reboot"]);
-        cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        if debug_exit {
+            cmd.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        }
         cmd.arg("-kernel").arg(kernel).args(["-append", append]);
         Vm {
             cmd,

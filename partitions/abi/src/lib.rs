@@ -9,8 +9,9 @@
 //! device (`-device isa-debug-exit,iobase=0xf4,iosize=0x04`); QEMU then exits with
 //! process status `2*v + 1` ([`from_qemu_exit_code`] undoes that). Under uhyve the
 //! status goes through the exit hypercall and is uhyve's process status as it is.
-//! A QEMU status of 0 means the guest did not report at all (a triple fault with
-//! `-no-reboot`, or QEMU was killed): the runtime never does that on purpose.
+//! A QEMU status of 0 means the guest did not report a status: QEMU was started
+//! without `isa-debug-exit` (the runtime then prints the status it could not
+//! report and powers the VM off through ACPI), or a triple fault with `-no-reboot`.
 //!
 //! | `v` | meaning |
 //! |---|---|

@@ -81,18 +81,45 @@ pub(crate) fn exit(v: u8) -> ! {
         // SAFETY: isa-debug-exit at 0xf4 makes QEMU exit with 2*v+1.
         unsafe { outl(DEBUG_EXIT, u32::from(v)) };
     }
-    // Still here: no isa-debug-exit device. Say so, then stop the CPU for good:
-    // with interrupts off, QEMU keeps running but the message names the cause.
+    // Still here: no isa-debug-exit device. Say so, then power off so that the
+    // hypervisor ends (with status 0: "the guest did not report").
     kprint!(
-        "vmpi-rt: exit status {v} could not be reported (no isa-debug-exit at 0xf4); halting\n"
+        "vmpi-rt: exit status {v} could not be reported (no isa-debug-exit at 0xf4); powering off\n"
     );
-    // SAFETY: ACPI shutdown ports of microvm/q35 (ignored where absent).
-    unsafe {
-        outl(0x604, 0x2000);
-        outb(0x64, 0xfe);
+    if platform == Platform::Qemu {
+        // microvm: ACPI GED sleep control register (SLP_TYP=S5, SLP_EN).
+        let ged = 0xfea0_0000;
+        if crate::paging::map_2m(
+            ged,
+            crate::paging::RW | crate::paging::PCD | crate::paging::NX,
+        )
+        .is_some()
+        {
+            crate::paging::flush();
+            // SAFETY: the GED register page of microvm, just mapped; elsewhere
+            // unassigned memory ignores the write.
+            unsafe { ((ged + 0x200) as *mut u8).write_volatile(0x34) };
+            settle();
+        }
+        // SAFETY: q35/pc ACPI PM1a control (S5) and the keyboard controller
+        // reset (with -no-reboot QEMU then exits); ignored where absent.
+        unsafe {
+            core::arch::asm!("out dx, ax", in("dx") 0x604u16, in("ax") 0x2000u16, options(nomem, nostack));
+            outb(0x64, 0xfe);
+        }
+        settle();
     }
     loop {
         // SAFETY: halting with interrupts off.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
+}
+
+/// Gives the hypervisor's main loop time (about 0.1 s) to act on a shutdown
+/// or reset request before trying the next way out.
+fn settle() {
+    let t0 = crate::arch::rdtsc();
+    while crate::arch::rdtsc().wrapping_sub(t0) < 1 << 28 {
+        core::hint::spin_loop();
     }
 }

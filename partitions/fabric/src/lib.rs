@@ -1,0 +1,371 @@
+//! The interconnect inside a partition: turns the launcher's command line into an
+//! [`interconnect::Endpoint`] over the partition's ivshmem channels, with the
+//! runtime's doorbells and deadline waits as the [`interconnect::Platform`].
+//!
+//! ```ignore
+//! let mut ep = fabric::endpoint_or_exit();     // logs and exits on a bad set-up
+//! let w = ep.world();
+//! ep.send(&w, 1, 7, b"hello", ep.after_ms(1_000))?;
+//! ```
+//!
+//! The same API and the same [`interconnect::Error`] values as on the host: a pair
+//! without a channel, a direction without a right, a tag outside the granted range
+//! all give `PermissionDenied` before any memory is touched.
+//!
+//! # Command line (see `images/src/guest_args.rs`, the one definition)
+//! `rank=R size=N [groups=NAME@ID:R,R,...;...] ch=SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS ...`
+//! - Each `ch=` names the PCI slot (bus 0) of an ivshmem-doorbell device whose
+//!   memory the launcher initialised with `interconnect::layout::init`; the geometry
+//!   comes from that header, the rights from `TX`/`RX` (0: no right that way),
+//!   `FLAGS` (`n`: non-blocking sends) and `TAGS` (`FIRST-LAST` or `*`).
+//! - Groups become communicators with context id `1 + ID`, so that every member
+//!   agrees on it even though each partition only hears of its own groups.
+//!
+//! # Waiting
+//! The fabric spins for [`Platform::spin_ns`](interconnect::Platform::spin_ns) at
+//! CPL 3, then advertises that it waits and blocks in the runtime ([`rt::wait`])
+//! until a doorbell (MSI-X) or the deadline; a peer rings only an advertised
+//! waiter. `rt::wait` latches doorbells that arrive before it is called, so a ring
+//! between "advertise" and "block" is not lost. With more partitions than host
+//! cores this is what lets every partition make progress.
+//!
+//! # Assumptions
+//! - One partition, one endpoint: [`endpoint`] is called once.
+//! - The launcher is trusted for the command line and the channel headers; the peer
+//!   is not (the interconnect validates everything it writes).
+//! - A partition exits with 0..=99 only (the runtime reserves the rest), so set-up
+//!   failures use [`exit`]'s codes in the service range.
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::time::Duration;
+
+use interconnect::layout::Geometry;
+use interconnect::ring::Channel;
+use interconnect::shm::Region;
+use interconnect::{ANY_TAG, Config, Endpoint, Platform, Rank, Rights};
+use rt::Doorbell;
+
+pub use interconnect;
+
+/// Exit statuses of a set-up failure (the service range: the runtime reserves 100+).
+pub mod exit {
+    /// The fabric keys on the command line are missing or malformed.
+    pub const BAD_ARGS: u8 = 90;
+    /// A `ch=` names a PCI slot with no ivshmem-doorbell device.
+    pub const MISSING_CHANNEL: u8 = 91;
+    /// A channel region or the configuration was refused by the interconnect.
+    pub const SETUP: u8 = 92;
+}
+
+/// One `ch=` value, as the guest sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelArg {
+    /// PCI slot (device number on bus 0).
+    pub slot: u8,
+    /// The peer's world rank.
+    pub peer: Rank,
+    /// 0: this partition is the lower rank (ivshmem id 0), 1: the higher.
+    pub side: u8,
+    /// Bytes of the ring this partition sends on (0: no right to send).
+    pub tx: u64,
+    /// Bytes of the ring it receives on (0: the peer may not send).
+    pub rx: u64,
+    /// Non-blocking sends allowed.
+    pub nonblocking: bool,
+    /// Inclusive tag range for sends (`None`: any).
+    pub tags: Option<(u32, u32)>,
+}
+
+impl ChannelArg {
+    /// Parses `SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS`.
+    pub fn parse(s: &str) -> Result<ChannelArg, String> {
+        let bad = || format!("bad ch=`{s}` (expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS)");
+        let f: Vec<&str> = s.split(':').collect();
+        let [slot, peer, side, tx, rx, flags, tags] = f.as_slice() else {
+            return Err(bad());
+        };
+        let tags = match *tags {
+            "*" => None,
+            t => {
+                let (lo, hi) = t.split_once('-').ok_or_else(bad)?;
+                let (lo, hi) = (
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                );
+                if lo > hi {
+                    return Err(bad());
+                }
+                Some((lo, hi))
+            }
+        };
+        Ok(ChannelArg {
+            slot: slot.parse().map_err(|_| bad())?,
+            peer: peer.parse().map_err(|_| bad())?,
+            side: match *side {
+                "0" => 0,
+                "1" => 1,
+                _ => return Err(bad()),
+            },
+            tx: tx.parse().map_err(|_| bad())?,
+            rx: rx.parse().map_err(|_| bad())?,
+            nonblocking: match *flags {
+                "n" => true,
+                "-" => false,
+                _ => return Err(bad()),
+            },
+            tags,
+        })
+    }
+
+    /// This partition's rights towards the peer.
+    pub fn tx_rights(&self) -> Rights {
+        Rights {
+            send: self.tx > 0,
+            recv: self.rx > 0,
+            tags: self.tags.unwrap_or((0, ANY_TAG - 1)),
+            nonblocking: self.nonblocking,
+        }
+    }
+}
+
+/// The fabric keys of a command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// This partition's world rank.
+    pub rank: Rank,
+    /// World size.
+    pub size: u32,
+    /// Groups this partition is in: `(name, id, members as world ranks)`.
+    pub groups: Vec<(String, u32, Vec<Rank>)>,
+    /// Its channels, in command-line order.
+    pub channels: Vec<ChannelArg>,
+}
+
+impl Args {
+    /// Parses the fabric keys out of `key=value` pairs (others are ignored).
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Args, String> {
+        let (mut rank, mut size) = (None, None);
+        let mut groups = Vec::new();
+        let mut channels = Vec::new();
+        for (k, v) in pairs {
+            match k {
+                "rank" => rank = Some(v.parse().map_err(|_| format!("bad rank=`{v}`"))?),
+                "size" => size = Some(v.parse().map_err(|_| format!("bad size=`{v}`"))?),
+                "groups" => groups = parse_groups(v)?,
+                "ch" => channels.push(ChannelArg::parse(v)?),
+                _ => {}
+            }
+        }
+        let rank: Rank = rank.ok_or("no rank= on the command line")?;
+        let size: u32 = size.ok_or("no size= on the command line")?;
+        if rank >= size {
+            return Err(format!("rank={rank} not below size={size}"));
+        }
+        for c in &channels {
+            if c.peer >= size || c.peer == rank {
+                return Err(format!("ch= peer {} invalid for rank {rank}", c.peer));
+            }
+            if u8::from(c.peer < rank) != c.side {
+                return Err(format!("ch= side {} wrong for peer {}", c.side, c.peer));
+            }
+        }
+        for (i, c) in channels.iter().enumerate() {
+            if channels[..i].iter().any(|o| o.slot == c.slot || o.peer == c.peer) {
+                return Err(format!("ch= slot {} or peer {} repeated", c.slot, c.peer));
+            }
+        }
+        Ok(Args {
+            rank,
+            size,
+            groups,
+            channels,
+        })
+    }
+
+    /// The interconnect configuration: rights per channel from `TX`/`RX`/`FLAGS`/
+    /// `TAGS`, one group per known group id (ids this partition is not in become
+    /// placeholders it is not a member of, so context ids agree across partitions).
+    pub fn config(&self, geometry: Geometry) -> Config {
+        let mut cfg = Config::new(self.size);
+        cfg.geometry = geometry;
+        for c in &self.channels {
+            cfg.pairs.push((self.rank, c.peer));
+            let mine = c.tx_rights();
+            cfg.rights.push(((self.rank, c.peer), mine));
+            // What the peer may send us (the endpoint checks it on receive).
+            let theirs = Rights {
+                send: c.rx > 0,
+                recv: c.tx > 0,
+                ..Rights::default()
+            };
+            cfg.rights.push(((c.peer, self.rank), theirs));
+        }
+        let ids = self.groups.iter().map(|g| g.1 + 1).max().unwrap_or(0);
+        let other = if self.rank == 0 && self.size > 1 { 1 } else { 0 };
+        for id in 0..ids {
+            match self.groups.iter().find(|g| g.1 == id) {
+                Some((name, _, members)) => cfg.groups.push((name.clone(), members.clone())),
+                None => cfg.groups.push((format!("#{id}"), alloc::vec![other])),
+            }
+        }
+        cfg
+    }
+}
+
+fn parse_groups(v: &str) -> Result<Vec<(String, u32, Vec<Rank>)>, String> {
+    let mut out: Vec<(String, u32, Vec<Rank>)> = Vec::new();
+    for part in v.split(';') {
+        let bad = || format!("bad groups= entry `{part}` (expected NAME@ID:R,R,...)");
+        let (name_id, ranks) = part.split_once(':').ok_or_else(bad)?;
+        let (name, id) = name_id.split_once('@').ok_or_else(bad)?;
+        let id: u32 = id.parse().map_err(|_| bad())?;
+        if name.is_empty() || id > 1024 || out.iter().any(|g| g.0 == name || g.1 == id) {
+            return Err(bad());
+        }
+        let members = ranks
+            .split(',')
+            .map(|r| r.parse::<Rank>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((name.to_string(), id, members));
+    }
+    Ok(out)
+}
+
+/// The guest [`Platform`]: the TSC clock, and doorbells on each channel's
+/// ivshmem-doorbell device.
+pub struct Guest {
+    /// `(peer world rank, its doorbell device, its ivshmem id on that device)`.
+    bells: Vec<(Rank, Doorbell, u16)>,
+    /// Counts `rt::wait` returns that saw a doorbell.
+    rung: Cell<u32>,
+    spin_ns: u64,
+}
+
+impl Guest {
+    /// Doorbells rung towards peers so far are not counted; this counts wake-ups.
+    pub fn wakeups(&self) -> u32 {
+        self.rung.get()
+    }
+}
+
+impl Platform for Guest {
+    fn now(&self) -> u64 {
+        rt::time::now().as_nanos()
+    }
+
+    fn bell(&self) -> u32 {
+        self.rung.get()
+    }
+
+    fn wait(&self, seen: u32, until: u64) {
+        if self.rung.get() != seen {
+            return;
+        }
+        let now = rt::time::now();
+        let left = until.saturating_sub(now.as_nanos());
+        if left == 0 {
+            return;
+        }
+        // Returns early on any doorbell (latched if it rang before this call).
+        let w = rt::wait(Some(now.after(Duration::from_nanos(left))));
+        if !w.timed_out() {
+            self.rung.set(self.rung.get().wrapping_add(1));
+        }
+    }
+
+    fn ring(&self, peer: Rank) {
+        if let Some((_, db, id)) = self.bells.iter().find(|b| b.0 == peer) {
+            db.notify(*id, 0);
+        }
+    }
+
+    fn spin_ns(&self) -> u64 {
+        self.spin_ns
+    }
+}
+
+/// A set-up failure: what to log and which [`exit`] status to end with.
+#[derive(Debug)]
+pub struct SetupError {
+    /// One line for the log.
+    pub message: String,
+    /// The exit status.
+    pub status: u8,
+}
+
+/// Builds this partition's endpoint from the command line and its ivshmem devices.
+/// `spin_us=` on the command line overrides the spin time before blocking (default
+/// 50 µs).
+pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
+    let args = Args::parse(rt::args()).map_err(|message| SetupError {
+        message,
+        status: exit::BAD_ARGS,
+    })?;
+    let spin_ns = match rt::arg("spin_us") {
+        None => 50_000,
+        Some(v) => v.parse::<u64>().map_err(|_| SetupError {
+            message: format!("bad spin_us=`{v}`"),
+            status: exit::BAD_ARGS,
+        })? * 1_000,
+    };
+    let setup = |what: &str, e: interconnect::Error| SetupError {
+        message: format!("{what}: {e}"),
+        status: exit::SETUP,
+    };
+    let mut channels = Vec::new();
+    let mut bells = Vec::new();
+    let mut geometry = Geometry::default();
+    for c in &args.channels {
+        let missing = |what: &str| SetupError {
+            message: format!("ch= slot {} (peer {}): {what}", c.slot, c.peer),
+            status: exit::MISSING_CHANNEL,
+        };
+        let shm = rt::shm_regions()
+            .iter()
+            .find(|r| r.pci().bus == 0 && r.pci().device == c.slot && r.pci().function == 0)
+            .ok_or_else(|| missing("no ivshmem device in that slot"))?;
+        let db = shm
+            .doorbell()
+            .ok_or_else(|| missing("the device has no doorbell"))?;
+        if db.own_id() != u16::from(c.side) {
+            return Err(missing("doorbell id does not match the side"));
+        }
+        // SAFETY: the runtime mapped this BAR (2 MiB-aligned, `len` bytes) into the
+        // service for the partition's whole life and never unmaps it; the peer VM
+        // writes it concurrently, which is what `Region` is for (atomics and
+        // volatile copies only, no references into it).
+        let region = unsafe { Region::from_raw(shm.as_ptr(), shm.len(), None) };
+        let ch = Channel::attach(region, args.rank, c.peer)
+            .map_err(|e| setup(&format!("channel to rank {}", c.peer), e))?;
+        if let Ok((g, _)) = interconnect::layout::read_header(ch.region()) {
+            geometry = g;
+        }
+        channels.push((c.peer, ch));
+        bells.push((c.peer, db, u16::from(1 - c.side)));
+    }
+    let cfg = args.config(geometry);
+    let guest = Guest {
+        bells,
+        rung: Cell::new(0),
+        spin_ns,
+    };
+    Endpoint::new(&cfg, args.rank, channels, guest).map_err(|e| setup("configuration", e))
+}
+
+/// [`endpoint`], or log the reason and exit with its status.
+pub fn endpoint_or_exit() -> Endpoint<Guest> {
+    match endpoint() {
+        Ok(ep) => ep,
+        Err(e) => {
+            rt::log!("fabric: {} (exit {})", e.message, e.status);
+            rt::exit(e.status)
+        }
+    }
+}
