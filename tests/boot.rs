@@ -51,6 +51,19 @@ fn hello_q35_qboot() {
 fn hello_without_tsc_khz_calibrates() {
     let out = Vm::qemu(Machine::MicrovmPcie, &image("hello"), 64, "status=3").run();
     assert_eq!(out.qemu_status(), Some(3), "{:?}\n{}", out.code, out.stdout);
+    // The guest calibrated against the PIT; the guest TSC is the host's here
+    // (KVM and TCG alike), so the figure must be near the host's own.
+    let khz: u64 = out
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tsc_khz=")?.parse().ok())
+        .expect("tsc_khz in the boot_tsc line");
+    let host = vmpi_tests::host_tsc_khz();
+    assert!(
+        khz > host * 3 / 4 && khz < host * 5 / 4,
+        "calibrated {khz} kHz, host TSC {host} kHz\n{}",
+        out.stdout
+    );
 }
 
 #[test]

@@ -66,29 +66,49 @@ pub fn boot_tsc() -> (u64, u64) {
     (u.entry_tsc, u.user_tsc)
 }
 
-/// Calibrates the TSC against PIT channel 2 (10 ms). CPL 0, boot only.
+/// Calibrates the TSC against the PIT (channel 0 counter read back, 10 ms).
+/// CPL 0, boot only. Exits with [`abi::exit::BAD_BOOT_INFO`] when there is no
+/// PIT or the result is implausible.
 pub(crate) fn calibrate() -> u64 {
-    use crate::arch::{inb, outb};
-    // SAFETY: PIT channel 2 gated through port 0x61 (speaker off), mode 0.
+    use crate::arch::{inb, outb, rdtsc};
+    const PIT_HZ: u64 = 1_193_182;
+    const TICKS: u64 = PIT_HZ / 100;
+    let fail = |why: &str| -> ! {
+        crate::console::kprint!("vmpi-rt: cannot calibrate the TSC ({why}); pass tsc_khz=\n");
+        crate::console::exit(abi::exit::BAD_BOOT_INFO)
+    };
+    // SAFETY: PIT channel 0 in rate-generator mode, counter latched and read
+    // back; its interrupt is never unmasked (interrupts are off).
+    let read = || unsafe {
+        outb(0x43, 0x00);
+        let lo = inb(0x40);
+        let hi = inb(0x40);
+        u16::from(lo) | u16::from(hi) << 8
+    };
+    // SAFETY: as above.
     unsafe {
-        let g = inb(0x61);
-        outb(0x61, (g & !0x02) | 0x01);
-        outb(0x43, 0xb0);
-        let count: u16 = 11932; // 10 ms at 1.193182 MHz
-        outb(0x42, count as u8);
-        outb(0x42, (count >> 8) as u8);
-        let t0 = crate::arch::rdtsc();
-        let mut t1 = t0;
-        while inb(0x61) & 0x20 == 0 {
-            t1 = crate::arch::rdtsc();
-            if t1 - t0 > 1 << 36 {
-                crate::console::kprint!(
-                    "vmpi-rt: no PIT to calibrate the TSC against; pass tsc_khz=\n"
-                );
-                crate::console::exit(abi::exit::BAD_BOOT_INFO)
-            }
-        }
-        outb(0x61, g);
-        ((t1 - t0) / 10).max(1)
+        outb(0x43, 0x34);
+        outb(0x40, 0xff);
+        outb(0x40, 0xff);
     }
+    let c0 = read();
+    let t0 = rdtsc();
+    let mut last = c0;
+    let mut elapsed = 0u64;
+    let mut t1 = t0;
+    while elapsed < TICKS {
+        let c = read();
+        // The counter counts down and reloads at 0: accumulate the decrements.
+        elapsed += u64::from(last.wrapping_sub(c));
+        last = c;
+        t1 = rdtsc();
+        if t1.wrapping_sub(t0) > 1 << 32 {
+            fail("the PIT does not count")
+        }
+    }
+    let khz = (u128::from(t1 - t0) * u128::from(PIT_HZ) / (u128::from(elapsed) * 1000)) as u64;
+    if !(100_000..=10_000_000).contains(&khz) {
+        fail("implausible result")
+    }
+    khz
 }
