@@ -501,3 +501,52 @@ fn unexpected_pci_layout_is_refused() {
         out.code
     );
 }
+
+#[test]
+fn deadline_wait_after_calibration() {
+    // No tsc_khz: the runtime calibrates with the PIT, then the service blocks
+    // until a deadline (LAPIC timer) with legacy interrupts masked.
+    for machine in [Machine::Microvm, Machine::Q35Qboot] {
+        let out = Vm::qemu(machine, &image("hello"), 64, "sleep_ms=30").run();
+        assert!(
+            out.stdout.contains("(timed out: true)"),
+            "{machine:?}: {}",
+            out.stdout
+        );
+        assert_eq!(
+            out.qemu_status(),
+            Some(0),
+            "{machine:?}: {:?}\n{}",
+            out.code,
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn service_faults_are_reported_under_uhyve() {
+    let Some(u) = uhyve() else {
+        vmpi_tests::say(format_args!(
+            "service_faults_are_reported_under_uhyve: SKIPPED: uhyve unavailable"
+        ));
+        return;
+    };
+    for (fault, status, text) in [
+        (
+            "null",
+            exit::SERVICE_PAGE_FAULT,
+            "service page fault: read at address 0x0",
+        ),
+        ("panic", exit::SERVICE_PANIC, "deliberate panic"),
+    ] {
+        let arg = format!("fault={fault}");
+        let out = Vm::uhyve(&u, &image("faulty"), 32, &[&arg]).run();
+        assert!(
+            out.stdout.contains(text),
+            "fault={fault}: {}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        assert_eq!(out.code, Some(i32::from(status)), "fault={fault}");
+    }
+}

@@ -24,6 +24,8 @@ pub(crate) fn init() {
     write(0xf0, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(0x3e0, 0b0011); // timer divide by 16
     write(0x320, 1 << 16); // timer masked
+    write(0x350, 1 << 16); // LINT0 (ExtINT from the PIC) masked
+    write(0x360, 1 << 16); // LINT1 masked
     // SAFETY: CPL 0, interrupts off.
     unsafe { K.get() }.lapic = true;
 }

@@ -128,6 +128,13 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
     user.tsc_khz = k.tsc_khz;
 
     if k.platform == Platform::Qemu {
+        // Mask both 8259 PICs: legacy interrupts (the PIT after calibration)
+        // must never arrive at the exception vectors inside `WAIT`.
+        // SAFETY: the PIC interrupt-mask registers; absent PICs ignore writes.
+        unsafe {
+            crate::arch::outb(0x21, 0xff);
+            crate::arch::outb(0xa1, 0xff);
+        }
         if paging::map_2m(
             crate::apic::LAPIC_BASE,
             paging::RW | paging::PCD | paging::PWT | paging::NX,
