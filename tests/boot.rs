@@ -105,6 +105,11 @@ fn service_faults_are_reported() {
         ),
         ("runtime", exit::SERVICE_PAGE_FAULT, "(protection violation"),
         (
+            "runtime-code",
+            exit::SERVICE_PAGE_FAULT,
+            "read at address 0x200000 (protection violation",
+        ),
+        (
             "write-code",
             exit::SERVICE_PAGE_FAULT,
             "service page fault: write at address",

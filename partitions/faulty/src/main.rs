@@ -1,7 +1,8 @@
 //! Fault-injection partition: `fault=<kind>` makes the service misbehave so
 //! the tests can check that the runtime reports the cause and exit status.
 //!
-//! Kinds: `null` (read address 0), `runtime` (read the runtime's memory),
+//! Kinds: `null` (read address 0), `runtime` (read the runtime's data),
+//! `runtime-code` (read the runtime's code),
 //! `write-code` (write to its own code), `gp` (privileged instruction), `ud`
 //! (`ud2`), `panic`, `stack` (unbounded recursion), `div` (divide by zero),
 //! `oom` (allocate more than the heap holds), `bad-exit` (exit status 200),
@@ -37,6 +38,11 @@ fn main() -> u8 {
         "runtime" => unsafe {
             let a = rt::debug_runtime_address();
             core::hint::black_box(core::ptr::read_volatile(a as *const u64));
+        },
+        // SAFETY: deliberately reads the runtime's (supervisor-only) code.
+        "runtime-code" => unsafe {
+            let a = rt::debug_runtime_code_address();
+            core::hint::black_box(core::ptr::read_volatile(a as *const u8));
         },
         // SAFETY: deliberately writes to read-only code.
         "write-code" => unsafe {

@@ -8,11 +8,13 @@ use core::arch::asm;
 /// Physical (and virtual) address of the xAPIC registers.
 pub(crate) const LAPIC_BASE: u64 = 0xfee0_0000;
 
+#[unsafe(link_section = ".text.rt")]
 fn reg(off: u64) -> *mut u32 {
     // Through a register: an absolute 32-bit operand would be sign-extended.
     (LAPIC_BASE + off) as *mut u32
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn write(off: u64, v: u32) {
     // SAFETY: the LAPIC page is mapped supervisor-only and uncached at boot
     // (before `K.lapic` is set, which guards every caller).
@@ -20,6 +22,7 @@ fn write(off: u64, v: u32) {
 }
 
 /// Software-enables the LAPIC and masks its timer. Needs the LAPIC page mapped.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn init() {
     write(0xf0, 0x100 | u32::from(SPURIOUS_VECTOR));
     write(0x3e0, 0b0011); // timer divide by 16
@@ -31,6 +34,7 @@ pub(crate) fn init() {
 }
 
 /// Signals end of interrupt.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn eoi() {
     // SAFETY: CPL 0, interrupts off.
     if unsafe { K.get() }.lapic {
@@ -40,6 +44,7 @@ pub(crate) fn eoi() {
 
 /// Blocks until a doorbell rang or the TSC reaches `deadline` (`u64::MAX`: no
 /// deadline). Returns the doorbell bit mask, 0 on deadline.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn wait(deadline: u64) -> u32 {
     // SAFETY: CPL 0 with interrupts off except inside `sti; hlt`, where only the
     // interrupt handlers run; they touch `pending`/`timer_fired` alone.

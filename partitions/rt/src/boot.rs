@@ -154,6 +154,7 @@ unsafe extern "C" {
     /// Top of the double-fault stack.
     pub(crate) static dfstack_top: u8;
     static __image_start: u8;
+    static __text_start: u8;
     static __rodata_start: u8;
     static __data_start: u8;
     static __rt_start: u8;
@@ -164,6 +165,7 @@ unsafe extern "C" {
 #[derive(Clone, Copy)]
 pub(crate) struct ImageLayout {
     pub start: u64,
+    pub text: u64,
     pub rodata: u64,
     pub data: u64,
     pub rt: u64,
@@ -174,6 +176,7 @@ pub(crate) struct ImageLayout {
 pub(crate) fn layout() -> ImageLayout {
     ImageLayout {
         start: (&raw const __image_start) as u64,
+        text: (&raw const __text_start) as u64,
         rodata: (&raw const __rodata_start) as u64,
         data: (&raw const __data_start) as u64,
         rt: (&raw const __rt_start) as u64,

@@ -14,6 +14,7 @@ pub(crate) struct Settings {
     pub virtio_blk: bool,
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn bad(msg: &str, token: &[u8]) -> ! {
     kprint!("vmpi-rt: malformed command line: {msg}: \"");
     console::write(token);
@@ -21,6 +22,7 @@ fn bad(msg: &str, token: &[u8]) -> ! {
     console::exit(exit::BAD_COMMAND_LINE)
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn number(k: &[u8], v: &[u8]) -> u64 {
     let (digits, radix) = match v {
         [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
@@ -45,6 +47,7 @@ fn number(k: &[u8], v: &[u8]) -> u64 {
 
 /// Splits the command line copied at entry; exits with
 /// [`exit::BAD_COMMAND_LINE`] on anything malformed.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn parse() -> Settings {
     // SAFETY: boot, single-threaded.
     let user = unsafe { USER.get() };

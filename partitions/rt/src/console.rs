@@ -12,6 +12,7 @@ const UHYVE_SERIAL_BUF: u16 = 0x1030;
 const DEBUG_EXIT: u16 = 0xf4;
 
 /// Writes bytes to the console.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn write(bytes: &[u8]) {
     // SAFETY: CPL 0 (callers are runtime code); the platform is set at entry.
     let platform = unsafe { K.get() }.platform;
@@ -52,6 +53,7 @@ pub(crate) fn write(bytes: &[u8]) {
 pub(crate) struct Console;
 
 impl fmt::Write for Console {
+    #[unsafe(link_section = ".text.rt")]
     fn write_str(&mut self, s: &str) -> fmt::Result {
         write(s.as_bytes());
         Ok(())
@@ -68,6 +70,7 @@ macro_rules! kprint {
 pub(crate) use kprint;
 
 /// Ends the partition with status `v` (see `abi::exit`). Never returns.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn exit(v: u8) -> ! {
     // SAFETY: CPL 0.
     let platform = unsafe { K.get() }.platform;
@@ -117,6 +120,7 @@ pub(crate) fn exit(v: u8) -> ! {
 
 /// Gives the hypervisor's main loop time (about 0.1 s) to act on a shutdown
 /// or reset request before trying the next way out.
+#[unsafe(link_section = ".text.rt")]
 fn settle() {
     let t0 = crate::arch::rdtsc();
     while crate::arch::rdtsc().wrapping_sub(t0) < 1 << 28 {

@@ -15,6 +15,7 @@ static USER_HEAP: Global<Heap> = Global::new(Heap::empty());
 ///
 /// # Safety
 /// CPL 0, once, after paging mapped [`crate::paging::RT_HEAP`].
+#[unsafe(link_section = ".text.rt")]
 pub(crate) unsafe fn init_runtime() {
     // SAFETY: the 2 MiB at RT_HEAP are mapped supervisor-only and unused.
     unsafe {

@@ -54,8 +54,8 @@ pub use arch::cpl;
 pub use shm::{Doorbell, ShmRegion, shm_regions};
 pub use state::{PciAddress, Platform};
 pub use user::{
-    LineBuf, Wake, arg, args, debug_runtime_address, exit, log_fmt, log_raw, log_str, wait,
-    yield_now,
+    LineBuf, Wake, arg, args, debug_runtime_address, debug_runtime_code_address, exit, log_fmt,
+    log_raw, log_str, wait, yield_now,
 };
 
 /// Which loader started this partition.

@@ -8,7 +8,7 @@
 //! | range | what | access |
 //! |---|---|---|
 //! | 0 - 2 MiB | firmware, boot info | unmapped after boot (null guard) |
-//! | 2 MiB - image end | image: text, rodata, data/bss, then `.rtdata`/`.rtbss` | user RX / R / RW, runtime part supervisor |
+//! | 2 MiB - image end | image: runtime code, shared code, rodata, data/bss, runtime data (`.rtdata`/`.rtbss`) | supervisor RX / user RX / R / RW / supervisor RW |
 //! | 4 - 6 MiB | runtime heap | supervisor |
 //! | 6 - 8 MiB | stack guard | unmapped |
 //! | 8 - 10 MiB | service stack | user RW |
@@ -72,14 +72,17 @@ static LAYOUT: Global<(u64, u64, u64)> = Global::new((0, 0, 0));
 ///
 /// # Safety
 /// CPL 0, once, at boot, after everything needed from low memory was copied.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) unsafe fn init(l: &ImageLayout, ram_end: u64) {
     // SAFETY: boot, single-threaded; the tables are the runtime's own.
     unsafe {
-        *LAYOUT.get() = (l.start, l.rt, ram_end);
+        *LAYOUT.get() = (l.text, l.rt, ram_end);
         let t = T.get();
         let mut a = l.start;
         while a < l.end {
-            let flags = if a < l.rodata {
+            let flags = if a < l.text {
+                P
+            } else if a < l.rodata {
                 P | US
             } else if a < l.data {
                 P | US | NX
@@ -108,6 +111,7 @@ pub(crate) unsafe fn init(l: &ImageLayout, ram_end: u64) {
 }
 
 /// The page directory for the GiB holding `va`, created on demand.
+#[unsafe(link_section = ".text.rt")]
 fn pd_for(va: u64) -> Option<&'static mut [u64; 512]> {
     // SAFETY: CPL 0, interrupts off; the tables are the runtime's own.
     unsafe {
@@ -130,6 +134,7 @@ fn pd_for(va: u64) -> Option<&'static mut [u64; 512]> {
 }
 
 /// Maps the 2 MiB page at `va` (identity) with `flags`. `None` when out of tables.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn map_2m(va: u64, flags: u64) -> Option<()> {
     let pd = pd_for(va)?;
     pd[((va >> 21) & 511) as usize] = (va & !(MIB2 - 1)) | flags | P | PS;
@@ -138,6 +143,7 @@ pub(crate) fn map_2m(va: u64, flags: u64) -> Option<()> {
 
 /// Maps the 4 KiB page at `va` (identity) with `flags`. `None` when out of
 /// tables or when a 2 MiB page already covers `va`.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn map_4k(va: u64, flags: u64) -> Option<()> {
     let pd = pd_for(va)?;
     let e = &mut pd[((va >> 21) & 511) as usize];
@@ -161,6 +167,7 @@ pub(crate) fn map_4k(va: u64, flags: u64) -> Option<()> {
 }
 
 /// Flushes the TLB after mappings changed.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn flush() {
     // SAFETY: reloading the same CR3.
     unsafe { crate::arch::load_cr3((&raw const boot_pml4) as u64) }
@@ -168,11 +175,12 @@ pub(crate) fn flush() {
 
 /// Whether `[ptr, ptr+len)` lies in memory mapped for the service (its part of
 /// the image, its stack or its heap).
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn user_readable(ptr: u64, len: u64) -> bool {
     // SAFETY: written once at boot.
-    let (start, rt, ram_end) = unsafe { *LAYOUT.get() };
+    let (text, rt, ram_end) = unsafe { *LAYOUT.get() };
     let Some(end) = ptr.checked_add(len) else {
         return false;
     };
-    (ptr >= start && end <= rt) || (ptr >= USER_STACK && end <= ram_end)
+    (ptr >= text && end <= rt) || (ptr >= USER_STACK && end <= ram_end)
 }

@@ -33,6 +33,7 @@ pub(crate) enum Cfg {
 }
 
 impl Cfg {
+    #[unsafe(link_section = ".text.rt")]
     pub(crate) fn read(self, a: PciAddress, off: u16) -> u32 {
         let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
         match self {
@@ -52,6 +53,7 @@ impl Cfg {
         }
     }
 
+    #[unsafe(link_section = ".text.rt")]
     pub(crate) fn write(self, a: PciAddress, off: u16, v: u32) {
         let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
         match self {
@@ -74,6 +76,7 @@ impl Cfg {
 
 /// Finds the configuration mechanism: `ecam` from the command line, else port
 /// 0xCF8 when it answers, else the microvm ECAM. `None`: no PCI bus at all.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn probe(ecam: Option<u64>) -> Option<Cfg> {
     if let Some(base) = ecam {
         paging::map_2m(base, RW | PCD | PWT | NX)?;
@@ -111,6 +114,7 @@ struct Alloc {
 /// Exits with [`exit::BAD_PCI_LAYOUT`] on anything unexpected. With
 /// `virtio_blk` set, runs the virtio-blk smoke test on the first such device
 /// ([`exit::MISSING_DEVICE`] when there is none).
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn scan(cfg: Cfg, virtio_blk: bool) {
     let mut al = Alloc {
         window: WINDOW,
@@ -181,6 +185,7 @@ pub(crate) fn scan(cfg: Cfg, virtio_blk: bool) {
 }
 
 /// Sizes a 32-bit memory BAR at `off`, leaving it all-ones.
+#[unsafe(link_section = ".text.rt")]
 fn size32(cfg: Cfg, a: PciAddress, off: u16) -> Result<u64, LayoutErr> {
     cfg.write(a, off, u32::MAX);
     let v = cfg.read(a, off);
@@ -197,6 +202,7 @@ fn size32(cfg: Cfg, a: PciAddress, off: u16) -> Result<u64, LayoutErr> {
     Ok(u64::from(!mask) + 1)
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn ivshmem(cfg: Cfg, a: PciAddress, al: &mut Alloc) -> Result<ShmInfo, LayoutErr> {
     let cmd = cfg.read(a, 4);
     // Decoding off while sizing, or QEMU maps the BAR at the all-ones address.

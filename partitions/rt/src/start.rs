@@ -39,6 +39,7 @@ struct MemmapEntry {
 ///
 /// # Safety
 /// `p` must be readable through the boot identity map (first GiB).
+#[unsafe(link_section = ".text.rt")]
 unsafe fn copy_cmdline(p: *const u8, max: usize) {
     // SAFETY: boot, single-threaded.
     let user = unsafe { USER.get() };
@@ -64,6 +65,7 @@ unsafe fn copy_cmdline(p: *const u8, max: usize) {
 
 /// Entry from the boot assembly, in long mode on the runtime stack.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.rt")]
 extern "C" fn rt_start(kind: u32, info: u64) -> ! {
     let t0 = rdtsc();
     // SAFETY: boot, single-threaded, interrupts off.

@@ -69,6 +69,7 @@ pub fn boot_tsc() -> (u64, u64) {
 /// Calibrates the TSC against the PIT (channel 0 counter read back, 10 ms).
 /// CPL 0, boot only. Exits with [`abi::exit::BAD_BOOT_INFO`] when there is no
 /// PIT or the result is implausible.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn calibrate() -> u64 {
     use crate::arch::{inb, outb, rdtsc};
     const PIT_HZ: u64 = 1_193_182;

@@ -162,6 +162,7 @@ static IDT: Global<Idt> = Global::new(Idt([0; IDT_LEN * 2]));
 ///
 /// # Safety
 /// CPL 0, once, at boot.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) unsafe fn init() {
     // SAFETY: boot, single-threaded, interrupts off.
     unsafe {
@@ -239,6 +240,7 @@ const NAMES: [&str; 32] = [
 
 /// Common trap handler, called by the stubs with interrupts off.
 #[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.rt")]
 extern "C" fn trap_entry(f: &mut Frame) {
     let v = f.vector as u8;
     let from_user = f.cs & 3 == 3;
@@ -260,6 +262,7 @@ extern "C" fn trap_entry(f: &mut Frame) {
     }
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn user_fault(f: &Frame) -> ! {
     let v = f.vector as usize;
     let name = NAMES.get(v).copied().unwrap_or("interrupt");
@@ -316,6 +319,7 @@ fn user_fault(f: &Frame) -> ! {
     console::exit(status)
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn runtime_fault(f: &Frame) -> ! {
     let v = f.vector as usize;
     let name = NAMES.get(v).copied().unwrap_or("unexpected interrupt");
@@ -340,6 +344,7 @@ fn runtime_fault(f: &Frame) -> ! {
     })
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn bad_syscall(f: &Frame, why: &str) -> ! {
     kprint!(
         "vmpi-rt: service bad system call {} at rip {:#x}: {}\n",
@@ -350,6 +355,7 @@ fn bad_syscall(f: &Frame, why: &str) -> ! {
     console::exit(exit::SERVICE_BAD_SYSCALL)
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn syscall(f: &mut Frame) {
     match f.rax {
         sys::LOG | sys::PANIC => {

@@ -10,6 +10,7 @@ use hermit_entry::boot_info::{BootInfo, PlatformInfo, RawBootInfo};
 hermit_entry::define_entry_version!();
 
 /// Reads uhyve's boot info at `info`; returns the end of RAM.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn boot(info: u64) -> u64 {
     if info == 0 || info >= crate::paging::MAX_RAM {
         console::exit(exit::BAD_BOOT_INFO)
@@ -33,12 +34,14 @@ pub(crate) fn boot(info: u64) -> u64 {
     bi.hardware_info.phys_addr_range.end
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn be32(p: u64) -> u32 {
     // SAFETY: callers stay inside the FDT blob (bounded by its header's size).
     u32::from_be(unsafe { (p as *const u32).read_unaligned() })
 }
 
 /// Copies `/chosen/bootargs` from the FDT at `fdt` into the user info.
+#[unsafe(link_section = ".text.rt")]
 fn bootargs(fdt: u64) {
     if fdt >= crate::paging::MAX_RAM || be32(fdt) != 0xd00d_feed {
         return;

@@ -182,3 +182,9 @@ pub fn log_raw(ptr: usize, len: usize) {
 pub fn debug_runtime_address() -> usize {
     crate::boot::layout().rt as usize
 }
+
+/// An address inside the runtime's own code (supervisor-only; for
+/// fault-injection tests).
+pub fn debug_runtime_code_address() -> usize {
+    crate::boot::layout().start as usize
+}

@@ -21,6 +21,7 @@ struct RtHal;
 // SAFETY: allocations are page-aligned, zeroed, exclusively owned until freed;
 // the runtime's memory is identity-mapped, so virtual addresses are physical.
 unsafe impl Hal for RtHal {
+    #[unsafe(link_section = ".text.rt")]
     fn dma_alloc(pages: usize, _: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let l = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("DMA layout");
         // SAFETY: non-zero size.
@@ -29,6 +30,7 @@ unsafe impl Hal for RtHal {
         (p.as_ptr() as PhysAddr, p)
     }
 
+    #[unsafe(link_section = ".text.rt")]
     unsafe fn dma_dealloc(_: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
         let l = Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("DMA layout");
         // SAFETY: allocated by dma_alloc with this layout.
@@ -36,19 +38,23 @@ unsafe impl Hal for RtHal {
         0
     }
 
+    #[unsafe(link_section = ".text.rt")]
     unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _: usize) -> NonNull<u8> {
         NonNull::new(paddr as *mut u8).expect("non-null MMIO address")
     }
 
+    #[unsafe(link_section = ".text.rt")]
     unsafe fn share(buffer: NonNull<[u8]>, _: BufferDirection) -> PhysAddr {
         buffer.as_ptr().cast::<u8>() as PhysAddr
     }
 
+    #[unsafe(link_section = ".text.rt")]
     unsafe fn unshare(_: PhysAddr, _: NonNull<[u8]>, _: BufferDirection) {}
 }
 
 struct Access(Cfg);
 
+#[unsafe(link_section = ".text.rt")]
 fn addr(d: DeviceFunction) -> PciAddress {
     PciAddress {
         bus: d.bus,
@@ -58,25 +64,30 @@ fn addr(d: DeviceFunction) -> PciAddress {
 }
 
 impl ConfigurationAccess for Access {
+    #[unsafe(link_section = ".text.rt")]
     fn read_word(&self, d: DeviceFunction, off: u8) -> u32 {
         self.0.read(addr(d), u16::from(off))
     }
 
+    #[unsafe(link_section = ".text.rt")]
     fn write_word(&mut self, d: DeviceFunction, off: u8, data: u32) {
         self.0.write(addr(d), u16::from(off), data)
     }
 
+    #[unsafe(link_section = ".text.rt")]
     unsafe fn unsafe_clone(&self) -> Self {
         Access(self.0)
     }
 }
 
+#[unsafe(link_section = ".text.rt")]
 fn fail(what: &str) -> ! {
     kprint!("vmpi-rt: virtio-blk smoke test failed: {what}\n");
     console::exit(exit::DEVICE_ERROR)
 }
 
 /// Assigns the device's memory BARs from `window` (supervisor mappings).
+#[unsafe(link_section = ".text.rt")]
 fn assign_bars(cfg: Cfg, a: PciAddress, window: &mut u64) {
     let cmd = cfg.read(a, 4);
     cfg.write(a, 4, cmd & 0xffff & !0x7);
@@ -120,6 +131,7 @@ fn assign_bars(cfg: Cfg, a: PciAddress, window: &mut u64) {
 }
 
 /// Runs the smoke test on the virtio-blk device at `a`.
+#[unsafe(link_section = ".text.rt")]
 pub(crate) fn blk_smoke_test(cfg: Cfg, a: PciAddress, window: &mut u64) {
     assign_bars(cfg, a, window);
     let mut root = PciRoot::new(Access(cfg));
