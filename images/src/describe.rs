@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn demo_description() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/five.toml");
         let sys = crate::manifest::load(&path).unwrap();
         let d = describe(&sys, Path::new("/nowhere"), 1000);
         assert!(

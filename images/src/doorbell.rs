@@ -21,6 +21,9 @@
 //!   refused. A socket per system could not even choose the right shared-memory fd.
 //! - One thread serves every socket of a system with `poll(2)`; a pipe stops it.
 //!   It never blocks on a client for long: writes time out after one second.
+//! - A client connecting to an occupied end waits up to [`WAIT_FOR_HANG_UP`] for the
+//!   occupant to hang up (a restarted VM may connect before its predecessor's
+//!   socket is gone), then is refused.
 //! - Eventfds are created per connection, so a restarted VM gets fresh ones and its
 //!   peers learn of the restart (disconnect, then connect).
 //!
@@ -34,8 +37,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+/// How long a client connecting to an occupied end waits for the occupant to hang
+/// up before it is refused.
+pub const WAIT_FOR_HANG_UP: Duration = Duration::from_secs(1);
 /// The protocol version QEMU 7.2 speaks.
 pub const PROTOCOL_VERSION: i64 = 0;
 /// Interrupt vectors per peer: 0 = data (the peer wrote to a ring), 1 = control
@@ -124,6 +130,7 @@ impl DoorbellServer {
                 ends.push(End {
                     listener,
                     conn: None,
+                    waiting: None,
                 });
             }
             chans.push(Chan {
@@ -169,6 +176,8 @@ impl Drop for DoorbellServer {
 struct End {
     listener: UnixListener,
     conn: Option<Conn>,
+    /// A client that connected while `conn` was still up, and until when it waits.
+    waiting: Option<(UnixStream, Instant)>,
 }
 
 struct Conn {
@@ -209,8 +218,14 @@ impl Server {
                     }
                 }
             }
+            let waiting = self
+                .chans
+                .iter()
+                .flat_map(|c| &c.ends)
+                .any(|e| e.waiting.is_some());
+            let timeout = if waiting { 20 } else { -1 };
             // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -227,6 +242,7 @@ impl Server {
                     Source::Conn(c, e) => self.readable(c, e),
                 }
             }
+            self.refuse_overdue();
         }
     }
 
@@ -247,15 +263,47 @@ impl Server {
         {
             self.hang_up(c, e);
         }
-        if self.chans[c].ends[e].conn.is_some() {
-            // One VM per end: refuse (closing the stream makes QEMU fail to start).
-            drop(stream);
-            self.emit(Event::Refused {
-                channel: c,
-                peer: e,
-            });
+        let end = &mut self.chans[c].ends[e];
+        if end.conn.is_some() {
+            // One VM per end. The old one may be on its way out (its process still
+            // exiting): the newcomer waits up to WAIT_FOR_HANG_UP, then is refused
+            // (closing the stream makes QEMU fail to start).
+            if end.waiting.is_none() {
+                end.waiting = Some((stream, Instant::now() + WAIT_FOR_HANG_UP));
+            } else {
+                drop(stream);
+                self.emit(Event::Refused {
+                    channel: c,
+                    peer: e,
+                });
+            }
             return;
         }
+        self.serve(c, e, stream);
+    }
+
+    /// Refuses every waiting client whose predecessor did not hang up in time.
+    fn refuse_overdue(&mut self) {
+        let now = Instant::now();
+        let mut refused = Vec::new();
+        for (c, ch) in self.chans.iter_mut().enumerate() {
+            for (e, end) in ch.ends.iter_mut().enumerate() {
+                if end.waiting.as_ref().is_some_and(|(_, until)| *until <= now) {
+                    end.waiting = None;
+                    refused.push(Event::Refused {
+                        channel: c,
+                        peer: e,
+                    });
+                }
+            }
+        }
+        for ev in refused {
+            self.emit(ev);
+        }
+    }
+
+    /// Runs the handshake with a client on a free end.
+    fn serve(&mut self, c: usize, e: usize, stream: UnixStream) {
         match self.handshake(c, e, stream) {
             Ok(conn) => {
                 self.chans[c].ends[e].conn = Some(conn);

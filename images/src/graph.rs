@@ -279,8 +279,12 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn load(rel: &str) -> System {
+        crate::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+    }
+
     fn demo() -> System {
-        crate::manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.toml")).unwrap()
+        load("tests/data/five.toml")
     }
 
     #[test]
@@ -335,7 +339,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.svg");
         let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
-            on_disk == svg(&demo()),
+            on_disk == svg(&load("demo.toml")),
             "images/demo.svg is stale: run `vmpi graph images/demo.toml -o images/demo.svg`"
         );
     }

@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn demo_command_lines() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/five.toml");
         let sys = crate::manifest::load(&path).unwrap();
         let client = guest_args(&sys, 0, 2_000_000).join(" ");
         assert_eq!(

@@ -10,6 +10,10 @@
 //!   `$TMPDIR/vmpi-PID/qmp-NAME.sock`: partition `NAME`'s QMP socket;
 //! - `LOG_DIR/NAME.log`: partition `NAME`'s serial log (kept).
 //!
+//! `on_fault = "restart"` is carried out here for now; once the monitor partition
+//! runs, the launcher will instead report exits to it (`monitor::control`) and carry
+//! out its `Kill`/`Restart` commands ([`qmp_quit`], then a signal), deciding nothing.
+//!
 //! QEMUs run in their own process group (a terminal's Ctrl-C reaches vmpi only,
 //! which then stops them) with `PR_SET_PDEATHSIG` = `SIGKILL` (if vmpi itself is
 //! killed, they die too); a later run removes files left by a killed one.
@@ -413,23 +417,26 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             say("timeout: stopping every partition");
             break;
         }
-        match events.recv_timeout(Duration::from_millis(10)) {
-            Ok(Event::Connected { channel, peer }) => {
-                let rank = sys.channels[channel].ends[peer];
-                run.vms[rank].connected += 1;
-                mark_up(sys, &mut run.vms, t0, &mut all_up);
+        // Wait a little for doorbell news, then take all there is.
+        let first = events.recv_timeout(Duration::from_millis(10)).ok();
+        for ev in first.into_iter().chain(events.try_iter()) {
+            match ev {
+                Event::Connected { channel, peer } => {
+                    let rank = sys.channels[channel].ends[peer];
+                    run.vms[rank].connected += 1;
+                }
+                Event::Disconnected { channel, peer } => {
+                    let rank = sys.channels[channel].ends[peer];
+                    run.vms[rank].connected = run.vms[rank].connected.saturating_sub(1);
+                }
+                Event::Refused { channel, peer } => {
+                    say(&format!(
+                        "refused a second client on channel {channel} end {peer}"
+                    ));
+                }
             }
-            Ok(Event::Disconnected { channel, peer }) => {
-                let rank = sys.channels[channel].ends[peer];
-                run.vms[rank].connected = run.vms[rank].connected.saturating_sub(1);
-            }
-            Ok(Event::Refused { channel, peer }) => {
-                say(&format!(
-                    "refused a second client on channel {channel} end {peer}"
-                ));
-            }
-            Err(_) => {}
         }
+        mark_up(sys, &mut run.vms, t0, &mut all_up);
         for i in 0..run.vms.len() {
             let Some(child) = run.vms[i].child.as_mut() else {
                 continue;

@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn demo_client_command_line() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/five.toml");
         let sys = crate::manifest::load(&path).unwrap();
         let paths = VmPaths {
             image: "/i/hello".into(),

@@ -470,14 +470,14 @@ fn every_subcommand_has_help() {
     }
 }
 
-/// The checked-in manifests with the real partition images (built here through
-/// `vmpi build`): hello prints and succeeds; the demo's five partitions come up with
+/// The real partition images (built here through `vmpi build`): images/hello.toml
+/// prints and succeeds; the five partitions of tests/data/five.toml come up with
 /// their doorbell devices in the slots the command line names (the runtime stops
 /// with MISSING_DEVICE otherwise) and succeed.
 #[test]
-fn checked_in_manifests_run_with_the_real_images() {
+fn real_hello_images_run() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let demo = root.join("demo.toml");
+    let demo = root.join("tests/data/five.toml");
     let o = run(&["build", demo.to_str().unwrap()]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
