@@ -87,13 +87,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a closed stdout (a pipe whose reader quit, a terminal gone)
+/// must not abort a run that still has VMs and files to clean up.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { out(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Cmd::Check { manifest } => {
             let sys = manifest::load(&manifest)?;
             let parts = images::partitions_dir(&manifest);
-            print!("{}", describe::describe(&sys, &parts, tsc::tsc_khz()));
-            println!("\nok: {} is valid", manifest.display());
+            out(&describe::describe(&sys, &parts, tsc::tsc_khz()));
+            outln!("\nok: {} is valid", manifest.display());
             Ok(0)
         }
         Cmd::Build { manifest } => {
@@ -110,7 +121,7 @@ fn run(cli: Cli) -> Result<u8> {
                         .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!("vmpi: wrote {}", path.display());
                 }
-                None => print!("{svg}"),
+                None => out(&svg),
             }
             Ok(0)
         }
@@ -146,13 +157,13 @@ fn run(cli: Cli) -> Result<u8> {
                 AccelArg::Kvm => Accel::Kvm,
                 AccelArg::Tcg => Accel::Tcg,
                 AccelArg::Auto if std::env::var("VMPI_ACCEL").is_ok_and(|v| v == "tcg") => {
-                    println!("[vmpi] VMPI_ACCEL=tcg: using TCG (software emulation)");
+                    outln!("[vmpi] VMPI_ACCEL=tcg: using TCG (software emulation)");
                     Accel::Tcg
                 }
                 AccelArg::Auto => {
                     let a = Accel::detect();
                     if a == Accel::Tcg {
-                        println!(
+                        outln!(
                             "[vmpi] no usable /dev/kvm: falling back to TCG (software emulation, slower)"
                         );
                     }
@@ -180,14 +191,14 @@ fn run(cli: Cli) -> Result<u8> {
                 echo: !quiet,
             };
             let report = up(&sys, &opts, &stop)?;
-            println!("[vmpi] summary of `{}`:", sys.name);
+            outln!("[vmpi] summary of `{}`:", sys.name);
             for r in &report.rows {
                 let restarts = if r.restarts > 0 {
                     format!(", {} restart(s)", r.restarts)
                 } else {
                     String::new()
                 };
-                println!(
+                outln!(
                     "[vmpi]   {:<12} {}{restarts}  (log {})",
                     r.name,
                     r.outcome,
@@ -197,12 +208,13 @@ fn run(cli: Cli) -> Result<u8> {
             let code = report.exit_code();
             match report.worst() {
                 Some(w) if code != 0 => {
-                    println!(
+                    outln!(
                         "[vmpi] worst: {} {} -> exit status {code}",
-                        w.name, w.outcome
+                        w.name,
+                        w.outcome
                     );
                 }
-                _ => println!("[vmpi] every partition succeeded -> exit status 0"),
+                _ => outln!("[vmpi] every partition succeeded -> exit status 0"),
             }
             Ok(code)
         }
