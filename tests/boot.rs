@@ -154,6 +154,16 @@ fn service_faults_are_reported() {
             exit::SERVICE_BAD_SYSCALL,
             "buffer outside the service's memory",
         ),
+        (
+            "setup-again",
+            exit::SERVICE_BAD_SYSCALL,
+            "SETUP is the runtime prologue's, once",
+        ),
+        (
+            "bad-syscall",
+            exit::SERVICE_BAD_SYSCALL,
+            "bad system call 99 at rip",
+        ),
         ("none", exit::SUCCESS, "about to fault: none"),
     ];
     for &(fault, status, text) in cases {

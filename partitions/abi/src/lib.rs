@@ -140,6 +140,10 @@ pub mod sys {
     /// Report a panic: message at `rdi`, length `rsi`; ends the partition with
     /// [`crate::exit::SERVICE_PANIC`].
     pub const PANIC: u64 = 5;
+    /// The runtime's own CPL-3 prologue hands over its parse of the command
+    /// line (`rdi` = pointer to the runtime's `Setup`); accepted once, before
+    /// the service's `main`. Not for services.
+    pub const SETUP: u64 = 6;
 }
 
 /// Command-line keys the runtime consumes (all pairs still reach the service).

@@ -6,7 +6,8 @@
 //! `write-code` (write to its own code), `gp` (privileged instruction), `ud`
 //! (`ud2`), `panic`, `stack` (unbounded recursion), `div` (divide by zero),
 //! `oom` (allocate more than the heap holds), `bad-exit` (exit status 200),
-//! `bad-log` (log from a runtime address), `none` (exit 0).
+//! `bad-log` (log from a runtime address), `setup-again` (the runtime's one-time
+//! call), `bad-syscall` (unknown number), `none` (exit 0).
 #![no_std]
 #![no_main]
 
@@ -70,6 +71,12 @@ fn main() -> u8 {
             core::hint::black_box(&v);
         }
         "bad-exit" => rt::exit(200),
+        "setup-again" => {
+            rt::syscall_raw(rt::abi::sys::SETUP, 0, 0);
+        }
+        "bad-syscall" => {
+            rt::syscall_raw(99, 0, 0);
+        }
         "bad-log" => rt::log_raw(rt::debug_runtime_address(), 8),
         "none" => return 0,
         other => {

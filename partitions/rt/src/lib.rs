@@ -55,7 +55,7 @@ pub use shm::{Doorbell, ShmRegion, shm_regions};
 pub use state::{PciAddress, Platform};
 pub use user::{
     LineBuf, Wake, arg, args, debug_runtime_address, debug_runtime_code_address, exit, log_fmt,
-    log_raw, log_str, wait, yield_now,
+    log_raw, log_str, syscall_raw, wait, yield_now,
 };
 
 /// Which loader started this partition.

@@ -35,32 +35,20 @@ struct MemmapEntry {
     reserved: u32,
 }
 
-/// Reads a NUL-terminated string at a physical address into the user info.
+/// Copies the command line at a physical address into the user info in one
+/// bulk copy (`rep movs`: a per-byte loop costs about 10 µs a byte in
+/// emulated ring 0). The service-side prologue finds its end and parses it.
 ///
 /// # Safety
-/// `p` must be readable through the boot identity map (first GiB).
+/// `[p, p + MAX_CMDLINE + 1)` must be readable through the boot identity map.
 #[unsafe(link_section = ".text.rt")]
-unsafe fn copy_cmdline(p: *const u8, max: usize) {
-    // SAFETY: boot, single-threaded.
-    let user = unsafe { USER.get() };
-    let mut n = 0;
-    while n < max {
-        // SAFETY: the caller vouches for the string.
-        let c = unsafe { p.add(n).read() };
-        if c == 0 {
-            break;
-        }
-        if n == abi::MAX_CMDLINE {
-            kprint!(
-                "vmpi-rt: command line longer than {} bytes\n",
-                abi::MAX_CMDLINE
-            );
-            console::exit(exit::BAD_COMMAND_LINE)
-        }
-        user.cmdline[n] = c;
-        n += 1;
+unsafe fn copy_cmdline(p: *const u8) {
+    // SAFETY: boot, single-threaded; the caller vouches for the source.
+    unsafe {
+        let user = USER.get();
+        core::ptr::copy_nonoverlapping(p, user.cmdline.as_mut_ptr(), user.cmdline.len());
+        user.cmdline_len = usize::MAX; // "find the NUL"
     }
-    user.cmdline_len = n;
 }
 
 /// Entry from the boot assembly, in long mode on the runtime stack.
@@ -92,7 +80,7 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
             }
             if si.cmdline_paddr != 0 && si.cmdline_paddr < paging::MAX_RAM - 4096 {
                 // SAFETY: identity-mapped first GiB.
-                unsafe { copy_cmdline(si.cmdline_paddr as *const u8, abi::MAX_CMDLINE + 1) };
+                unsafe { copy_cmdline(si.cmdline_paddr as *const u8) };
             }
         }
         KIND_UHYVE => {
@@ -113,22 +101,12 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
     }
     k.ram_end = ram_end;
 
-    let settings = crate::cmdline::parse();
-
     // SAFETY: boot; the image layout comes from the linker script.
     unsafe {
         crate::trap::init();
         paging::init(&crate::boot::layout(), ram_end);
         crate::heap::init_runtime();
     }
-
-    k.tsc_khz = match settings.tsc_khz {
-        Some(v) => v,
-        None if k.tsc_khz != 0 => k.tsc_khz,
-        None => crate::time::calibrate(),
-    };
-    user.tsc_khz = k.tsc_khz;
-
     if k.platform == Platform::Qemu {
         // Mask both 8259 PICs: legacy interrupts (the PIT after calibration)
         // must never arrive at the exception vectors inside `WAIT`.
@@ -146,32 +124,13 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
             paging::flush();
             crate::apic::init();
         }
-        if let Some(cfg) = crate::pci::probe(settings.ecam) {
-            crate::pci::scan(cfg, settings.virtio_blk);
-        }
-    }
-    if k.platform != Platform::Qemu && settings.virtio_blk {
-        kprint!("vmpi-rt: missing device: virtio_blk_test=1 but no PCI bus\n");
-        console::exit(exit::MISSING_DEVICE)
-    }
-    if user.nshm < settings.need_shm {
-        kprint!(
-            "vmpi-rt: missing device: {} ivshmem device(s) required ({}={}), {} found\n",
-            settings.need_shm,
-            key::NEED_SHM,
-            settings.need_shm,
-            user.nshm
-        );
-        console::exit(exit::MISSING_DEVICE)
-    }
-    if settings.need_doorbell && !user.shm[..user.nshm].iter().any(|s| s.doorbell.is_some()) {
-        kprint!("vmpi-rt: missing device: an ivshmem-doorbell device with MSI-X is required\n");
-        console::exit(exit::MISSING_DEVICE)
     }
 
     user.heap_start = paging::USER_HEAP as usize;
     user.heap_len = (ram_end - paging::USER_HEAP) as usize;
     user.user_tsc = rdtsc();
+    // The rest of the set-up depends on the command line, which the runtime's
+    // CPL-3 prologue parses (natively fast) and hands back through `SETUP`.
     // SAFETY: the service's code and stack are mapped user-accessible; the
     // stack top minus 8 gives the ABI's entry alignment.
     unsafe {
@@ -180,4 +139,67 @@ extern "C" fn rt_start(kind: u32, info: u64) -> ! {
             paging::USER_HEAP - 8,
         )
     }
+}
+
+/// The `SETUP` call: the CPL-3 prologue's parse of the command line. Applies
+/// the runtime's settings (TSC frequency, PCI, required devices). Accepted once,
+/// before the service's `main`; exits on a reported parse error.
+#[unsafe(link_section = ".text.rt")]
+pub(crate) fn setup(s: &Setup, err: Option<&[u8]>) {
+    // SAFETY: CPL 0 inside a system call, interrupts off.
+    let (k, user) = unsafe { (K.get(), USER.get()) };
+    if let Some(msg) = err {
+        console::write(b"vmpi-rt: ");
+        console::write(msg);
+        console::write(b"\n");
+        console::exit(exit::BAD_COMMAND_LINE)
+    }
+    k.tsc_khz = match s.tsc_khz {
+        0 if k.tsc_khz != 0 => k.tsc_khz,
+        0 => crate::time::calibrate(),
+        v => v,
+    };
+    user.tsc_khz = k.tsc_khz;
+    if k.platform == Platform::Qemu {
+        let ecam = if s.ecam == 0 { None } else { Some(s.ecam) };
+        if let Some(cfg) = crate::pci::probe(ecam) {
+            crate::pci::scan(cfg, s.virtio_blk != 0);
+        } else if s.virtio_blk != 0 {
+            kprint!("vmpi-rt: missing device: virtio_blk_test=1 but no PCI bus\n");
+            console::exit(exit::MISSING_DEVICE)
+        }
+    } else if s.virtio_blk != 0 {
+        kprint!("vmpi-rt: missing device: virtio_blk_test=1 but no PCI bus\n");
+        console::exit(exit::MISSING_DEVICE)
+    }
+    if (user.nshm as u64) < s.need_shm {
+        kprint!(
+            "vmpi-rt: missing device: {} ivshmem device(s) required ({}={}), {} found\n",
+            s.need_shm,
+            key::NEED_SHM,
+            s.need_shm,
+            user.nshm
+        );
+        console::exit(exit::MISSING_DEVICE)
+    }
+    if s.need_doorbell != 0 && !user.shm[..user.nshm].iter().any(|s| s.doorbell.is_some()) {
+        kprint!("vmpi-rt: missing device: an ivshmem-doorbell device with MSI-X is required\n");
+        console::exit(exit::MISSING_DEVICE)
+    }
+}
+
+/// What the CPL-3 prologue hands to [`setup`] (in the service's memory).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Setup {
+    /// TSC kHz; 0: calibrate (or uhyve's figure).
+    pub tsc_khz: u64,
+    /// ECAM base; 0: probe.
+    pub ecam: u64,
+    pub need_shm: u64,
+    pub need_doorbell: u64,
+    pub virtio_blk: u64,
+    /// A parse error (UTF-8 message), or null.
+    pub err_ptr: u64,
+    pub err_len: u64,
 }

@@ -66,6 +66,8 @@ pub(crate) struct Kernel {
     pub pending: u32,
     /// The deadline timer fired.
     pub timer_fired: bool,
+    /// The prologue's `SETUP` call happened.
+    pub setup_done: bool,
 }
 
 #[unsafe(link_section = ".rtdata")]
@@ -76,6 +78,7 @@ pub(crate) static K: Global<Kernel> = Global::new(Kernel {
     lapic: false,
     pending: 0,
     timer_fired: false,
+    setup_done: false,
 });
 
 /// A PCI function address.
@@ -119,7 +122,7 @@ pub struct ShmInfo {
 
 /// What the runtime hands to the service, in user-readable memory.
 pub(crate) struct UserInfo {
-    pub cmdline: [u8; abi::MAX_CMDLINE],
+    pub cmdline: [u8; abi::MAX_CMDLINE + 1],
     pub cmdline_len: usize,
     /// (key start, key end, value start, value end) in `cmdline`.
     pub args: [(u16, u16, u16, u16); abi::MAX_ARGS],
@@ -137,7 +140,7 @@ pub(crate) struct UserInfo {
 }
 
 pub(crate) static USER: Global<UserInfo> = Global::new(UserInfo {
-    cmdline: [0; abi::MAX_CMDLINE],
+    cmdline: [0; abi::MAX_CMDLINE + 1],
     cmdline_len: 0,
     args: [(0, 0, 0, 0); abi::MAX_ARGS],
     nargs: 0,

@@ -388,6 +388,33 @@ fn syscall(f: &mut Frame) {
             f.rax = 0;
         }
         sys::WAIT => f.rax = u64::from(crate::apic::wait(f.rdi)),
+        sys::SETUP => {
+            // SAFETY: CPL 0, interrupts off.
+            let k = unsafe { K.get() };
+            let size = core::mem::size_of::<crate::start::Setup>() as u64;
+            if k.setup_done
+                || !crate::paging::user_readable(f.rdi, size)
+                || !f.rdi.is_multiple_of(8)
+            {
+                bad_syscall(f, "SETUP is the runtime prologue's, once")
+            }
+            k.setup_done = true;
+            // SAFETY: an aligned Setup in the service's memory (checked above);
+            // copied before use.
+            let s: crate::start::Setup = unsafe { core::ptr::read(f.rdi as *const _) };
+            let err = if s.err_ptr == 0 {
+                None
+            } else if s.err_len <= 512 && crate::paging::user_readable(s.err_ptr, s.err_len) {
+                // SAFETY: range checked above.
+                Some(unsafe {
+                    core::slice::from_raw_parts(s.err_ptr as *const u8, s.err_len as usize)
+                })
+            } else {
+                bad_syscall(f, "SETUP error message outside the service's memory")
+            };
+            crate::start::setup(&s, err);
+            f.rax = 0;
+        }
         _ => bad_syscall(f, "unknown number"),
     }
 }

@@ -93,10 +93,15 @@ fn bootargs(fdt: u64) {
                         );
                         console::exit(exit::BAD_COMMAND_LINE)
                     }
-                    for i in 0..n {
-                        // SAFETY: inside the blob (checked against its size).
-                        user.cmdline[i] = unsafe { ((val + i as u64) as *const u8).read() };
-                    }
+                    // SAFETY: inside the blob (checked against its size); one
+                    // bulk copy (per-byte loops are slow in emulated ring 0).
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            val as *const u8,
+                            user.cmdline.as_mut_ptr(),
+                            n,
+                        )
+                    };
                     // Drop the terminating NUL(s).
                     let mut m = n;
                     while m > 0 && user.cmdline[m - 1] == 0 {

@@ -12,6 +12,14 @@ unsafe extern "Rust" {
 
 /// First code at CPL 3: sets up the service's heap and logger, runs its `main`.
 pub(crate) extern "C" fn user_entry() -> ! {
+    let mut setup = crate::start::Setup::default();
+    let mut err = LineBuf::new();
+    if !crate::cmdline::parse(&mut setup, &mut err) {
+        let e = err.as_str();
+        setup.err_ptr = e.as_ptr() as u64;
+        setup.err_len = e.len() as u64;
+    }
+    syscall(sys::SETUP, &raw const setup as u64, 0);
     crate::heap::init_user();
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
@@ -187,4 +195,10 @@ pub fn debug_runtime_address() -> usize {
 /// fault-injection tests).
 pub fn debug_runtime_code_address() -> usize {
     crate::boot::layout().start as usize
+}
+
+/// Makes system call `n` with arguments `a`, `b` as it is: for tests that the
+/// runtime refuses bad calls. Services use the typed functions.
+pub fn syscall_raw(n: u64, a: u64, b: u64) -> u64 {
+    syscall(n, a, b)
 }
