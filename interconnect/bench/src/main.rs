@@ -139,7 +139,7 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>), String> {
         iters: 20_000,
         rounds: 10,
         sizes: DEFAULT_SIZES.to_vec(),
-        bw_msgs: 2048,
+        bw_msgs: 8192,
         block: true,
         cpus: None,
     };

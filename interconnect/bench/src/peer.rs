@@ -129,6 +129,8 @@ fn attach(files: &Files, rank: Rank) -> Result<Endpoint<BenchPlatform>, String> 
 const TAG_LAT: u32 = 1;
 const TAG_BW: u32 = 2;
 const TAG_ACK: u32 = 3;
+/// Block mode: ping's idle time before each round trip, nanoseconds.
+pub const IDLE_NS: u64 = 50_000;
 
 struct Side {
     ping: bool,
@@ -142,6 +144,8 @@ struct Side {
     src: Vec<u8>,
     buf: Vec<u8>,
     max: usize,
+    /// TSC ticks per nanosecond (ping only; 1.0 on pong).
+    tick: f64,
 }
 
 fn pattern(buf: &mut [u8], seed: u32) {
@@ -263,7 +267,20 @@ impl Side {
         }
         let dl = self.ep.after_ms(300_000);
         let mut rtt = Vec::with_capacity(if self.ping { iters } else { 0 });
+        // Block mode: ping stays idle long enough (outside the timed section) for pong
+        // to have gone to sleep in both pairs, so every message must wake it.
+        let idle = if block {
+            (IDLE_NS as f64 * self.tick) as u64
+        } else {
+            0
+        };
         for i in 0..warm + iters {
+            if idle > 0 && self.ping {
+                let t = sys::tsc();
+                while sys::tsc().wrapping_sub(t) < idle {
+                    std::hint::spin_loop();
+                }
+            }
             let t0 = sys::tsc();
             match pair {
                 Pair::Raw => self.raw_rtt(size, block),
@@ -380,6 +397,7 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
     }
     let ep = attach(&files, if ping { 0 } else { 1 })?;
     let world = ep.world();
+    let tick = if ping { sys::tsc_per_ns() } else { 1.0 };
     let mut s = Side {
         ping,
         raw,
@@ -390,8 +408,8 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         src: vec![0; max],
         buf: vec![0; max],
         max: o.max_size(),
+        tick,
     };
-    let tick = if ping { sys::tsc_per_ns() } else { 1.0 };
     let overhead = if ping { sys::tsc_overhead() } else { 0 };
     // Handshake: pong attached to both pairs.
     if ping {

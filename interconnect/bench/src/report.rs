@@ -230,8 +230,10 @@ impl Results {
         );
         let _ = writeln!(
             w,
-            "  block:  fabric with spin_ns = 0 (arm the wake flag, futex doorbell); raw \
-             with 64 spins, then a wake flag and a futex on the sequence word\n"
+            "  block:  ping idles {} us before each round trip (untimed) so pong is asleep: \
+             fabric with spin_ns = 0 (64 polls, arm the wake flag, futex doorbell); raw \
+             with 64 polls, then a wake flag and a futex on the sequence word\n",
+            crate::peer::IDLE_NS / 1000
         );
         let _ = writeln!(
             w,
