@@ -177,7 +177,10 @@ impl Args {
             }
         }
         for (i, c) in channels.iter().enumerate() {
-            if channels[..i].iter().any(|o| o.slot == c.slot || o.peer == c.peer) {
+            if channels[..i]
+                .iter()
+                .any(|o| o.slot == c.slot || o.peer == c.peer)
+            {
                 return Err(format!("ch= slot {} or peer {} repeated", c.slot, c.peer));
             }
         }
@@ -208,7 +211,11 @@ impl Args {
             cfg.rights.push(((c.peer, self.rank), theirs));
         }
         let ids = self.groups.iter().map(|g| g.1 + 1).max().unwrap_or(0);
-        let other = if self.rank == 0 && self.size > 1 { 1 } else { 0 };
+        let other = if self.rank == 0 && self.size > 1 {
+            1
+        } else {
+            0
+        };
         for id in 0..ids {
             match self.groups.iter().find(|g| g.1 == id) {
                 Some((name, _, members)) => cfg.groups.push((name.clone(), members.clone())),
@@ -310,10 +317,12 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
     })?;
     let spin_ns = match rt::arg("spin_us") {
         None => 50_000,
-        Some(v) => v.parse::<u64>().map_err(|_| SetupError {
-            message: format!("bad spin_us=`{v}`"),
-            status: exit::BAD_ARGS,
-        })? * 1_000,
+        Some(v) => {
+            v.parse::<u64>().map_err(|_| SetupError {
+                message: format!("bad spin_us=`{v}`"),
+                status: exit::BAD_ARGS,
+            })? * 1_000
+        }
     };
     let setup = |what: &str, e: interconnect::Error| SetupError {
         message: format!("{what}: {e}"),
