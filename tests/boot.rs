@@ -72,7 +72,13 @@ fn hello_uhyve() {
         vmpi_tests::say(format_args!("hello_uhyve: SKIPPED: uhyve unavailable"));
         return;
     };
-    let out = Vm::uhyve(&u, &image("hello"), 32, &["name=world", "status=7"]).run();
+    let out = Vm::uhyve(
+        &u,
+        &image("hello"),
+        32,
+        &["name=world", "status=7", "sleep_ms=5"],
+    )
+    .run();
     assert!(
         out.stdout
             .contains("hello from vmpi partition (Uhyve), 2 args"),
@@ -81,6 +87,7 @@ fn hello_uhyve() {
         out.stderr
     );
     assert!(out.stdout.contains("arg name=world"), "{}", out.stdout);
+    assert!(out.stdout.contains("(timed out: true)"), "{}", out.stdout);
     // uhyve exits with the status as it is.
     assert_eq!(out.code, Some(7), "{}\n{}", out.stdout, out.stderr);
 }
