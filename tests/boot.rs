@@ -81,7 +81,7 @@ fn hello_uhyve() {
     .run();
     assert!(
         out.stdout
-            .contains("hello from vmpi partition (Uhyve), 2 args"),
+            .contains("hello from vmpi partition (Uhyve), 3 args"),
         "uhyve output:\n{}\nstderr:\n{}",
         out.stdout,
         out.stderr
