@@ -476,8 +476,10 @@ fn exchange(ep: &mut Ep) -> Res<()> {
     }
     let ms = start.elapsed().as_millis();
     rt::log!(
-        "exchange: rank {me}: received {got}/{rounds} messages from rank {peer} in order, checksum {sum:#018x}, {ms} ms, {} doorbell wake-ups",
-        ep.platform().wakeups()
+        "exchange: rank {me}: received {got}/{rounds} messages from rank {peer} in order, checksum {sum:#018x}, {ms} ms, blocked {} times ({} ended by a doorbell), spin now {} us",
+        ep.platform().blocks(),
+        ep.platform().wakeups(),
+        ep.platform().spin() / 1000
     );
     if !rtt.is_empty() {
         let (p50, p99, max) = percentiles(&mut rtt);

@@ -29,6 +29,15 @@
 //! between "advertise" and "block" is not lost. With more partitions than host
 //! cores this is what lets every partition make progress.
 //!
+//! The spin time adapts like KVM's halt polling: a block that a doorbell ended
+//! within [`SPIN_GROW_NS`] doubles it (spinning longer would have caught the
+//! message without the half millisecond or more a wake-up through emulated ring 0
+//! costs here, which that figure includes), a longer block or a timeout halves it,
+//! within [`SPIN_MIN_NS`]..=[`SPIN_MAX_NS`]. Without this, two partitions that once both
+//! blocked stay in lock-step, each waking the other, at about a millisecond per
+//! round trip instead of under a microsecond. `spin_us=N` on the command line fixes
+//! the spin time instead.
+//!
 //! # Assumptions
 //! - One partition, one endpoint: [`endpoint`] is called once.
 //! - The launcher is trusted for the command line and the channel headers; the peer
@@ -245,6 +254,15 @@ fn parse_groups(v: &str) -> Result<Vec<(String, u32, Vec<Rank>)>, String> {
     Ok(out)
 }
 
+/// Shortest adaptive spin before blocking.
+pub const SPIN_MIN_NS: u64 = 20_000;
+/// Longest adaptive spin before blocking.
+pub const SPIN_MAX_NS: u64 = 2_000_000;
+/// A block that a doorbell ended within this (wake-up included) grows the spin.
+pub const SPIN_GROW_NS: u64 = 2 * SPIN_MAX_NS;
+/// Initial adaptive spin.
+pub const SPIN_START_NS: u64 = 50_000;
+
 /// The guest [`Platform`]: the TSC clock, and doorbells on each channel's
 /// ivshmem-doorbell device.
 pub struct Guest {
@@ -252,13 +270,28 @@ pub struct Guest {
     bells: Vec<(Rank, Doorbell, u16)>,
     /// Counts `rt::wait` returns that saw a doorbell.
     rung: Cell<u32>,
-    spin_ns: u64,
+    /// Blocking waits so far.
+    blocks: Cell<u32>,
+    /// Current spin time.
+    spin: Cell<u64>,
+    /// Whether the spin time adapts (no `spin_us=`).
+    adaptive: bool,
 }
 
 impl Guest {
-    /// Doorbells rung towards peers so far are not counted; this counts wake-ups.
+    /// How many blocking waits a doorbell ended so far.
     pub fn wakeups(&self) -> u32 {
         self.rung.get()
+    }
+
+    /// How many times this partition blocked in the runtime so far.
+    pub fn blocks(&self) -> u32 {
+        self.blocks.get()
+    }
+
+    /// The current spin time before blocking, in nanoseconds.
+    pub fn spin(&self) -> u64 {
+        self.spin.get()
     }
 }
 
@@ -282,8 +315,19 @@ impl Platform for Guest {
         }
         // Returns early on any doorbell (latched if it rang before this call).
         let w = rt::wait(Some(now.after(Duration::from_nanos(left))));
+        self.blocks.set(self.blocks.get().wrapping_add(1));
+        let blocked = rt::time::now().duration_since(now).as_nanos();
         if !w.timed_out() {
             self.rung.set(self.rung.get().wrapping_add(1));
+        }
+        if self.adaptive {
+            let s = self.spin.get();
+            let s = if !w.timed_out() && blocked <= u128::from(SPIN_GROW_NS) {
+                s.saturating_mul(2).min(SPIN_MAX_NS)
+            } else {
+                (s / 2).max(SPIN_MIN_NS)
+            };
+            self.spin.set(s);
         }
     }
 
@@ -294,7 +338,7 @@ impl Platform for Guest {
     }
 
     fn spin_ns(&self) -> u64 {
-        self.spin_ns
+        self.spin.get()
     }
 }
 
@@ -308,21 +352,24 @@ pub struct SetupError {
 }
 
 /// Builds this partition's endpoint from the command line and its ivshmem devices.
-/// `spin_us=` on the command line overrides the spin time before blocking (default
-/// 50 µs).
+/// `spin_us=` on the command line fixes the spin time before blocking (default:
+/// adaptive, see the crate docs).
 pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
     let args = Args::parse(rt::args()).map_err(|message| SetupError {
         message,
         status: exit::BAD_ARGS,
     })?;
     let spin_ns = match rt::arg("spin_us") {
-        None => 50_000,
-        Some(v) => {
-            v.parse::<u64>().map_err(|_| SetupError {
-                message: format!("bad spin_us=`{v}`"),
-                status: exit::BAD_ARGS,
-            })? * 1_000
-        }
+        None => None,
+        Some(v) => Some(
+            v.parse::<u64>()
+                .ok()
+                .and_then(|us| us.checked_mul(1_000))
+                .ok_or_else(|| SetupError {
+                    message: format!("bad spin_us=`{v}`"),
+                    status: exit::BAD_ARGS,
+                })?,
+        ),
     };
     let setup = |what: &str, e: interconnect::Error| SetupError {
         message: format!("{what}: {e}"),
@@ -363,7 +410,9 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
     let guest = Guest {
         bells,
         rung: Cell::new(0),
-        spin_ns,
+        blocks: Cell::new(0),
+        spin: Cell::new(spin_ns.unwrap_or(SPIN_START_NS)),
+        adaptive: spin_ns.is_none(),
     };
     Endpoint::new(&cfg, args.rank, channels, guest).map_err(|e| setup("configuration", e))
 }
