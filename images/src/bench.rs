@@ -27,7 +27,7 @@
 //! and sockets go when the launcher's run ends (normal end, error, Ctrl-C).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -185,7 +185,11 @@ impl Plan {
     /// Windows of [`WINDOW`] messages for a bandwidth round: about 32 MiB moved
     /// (8 MiB with `--quick`-sized iteration counts), 2..=100 windows.
     fn windows(&self, size: usize) -> usize {
-        let bytes = if self.iters < 20_000 { 8 << 20 } else { 32 << 20 };
+        let bytes = if self.iters < 20_000 {
+            8 << 20
+        } else {
+            32 << 20
+        };
         (bytes / (WINDOW * size)).clamp(2, 100)
     }
 }
@@ -208,7 +212,10 @@ impl StdoutToStderr {
         let saved = unsafe { libc::dup(1) };
         // SAFETY: as above.
         if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
-            bail!("redirecting standard output: {}", std::io::Error::last_os_error());
+            bail!(
+                "redirecting standard output: {}",
+                std::io::Error::last_os_error()
+            );
         }
         Ok(StdoutToStderr { saved })
     }
@@ -220,13 +227,8 @@ impl StdoutToStderr {
         let mut done = usize::try_from(r).unwrap_or(0);
         while done < text.len() {
             // SAFETY: as above; the pointer and length stay within `text`.
-            let r = unsafe {
-                libc::write(
-                    self.saved,
-                    text[done..].as_ptr().cast(),
-                    text.len() - done,
-                )
-            };
+            let r =
+                unsafe { libc::write(self.saved, text[done..].as_ptr().cast(), text.len() - done) };
             if r <= 0 {
                 bail!("writing the results: {}", std::io::Error::last_os_error());
             }
@@ -272,7 +274,10 @@ fn build_mpich() -> Result<Option<(PathBuf, PathBuf)>> {
             return Ok(None);
         }
         progress(&format!("MPICH is missing; running: {install}"));
-        for args in [&["update"][..], &["install", "-y", "mpich", "libmpich-dev"][..]] {
+        for args in [
+            &["update"][..],
+            &["install", "-y", "mpich", "libmpich-dev"][..],
+        ] {
             let ok = Command::new("apt-get")
                 .args(args)
                 .env("DEBIAN_FRONTEND", "noninteractive")
@@ -376,14 +381,17 @@ fn qemu_children() -> Vec<(u32, Option<u32>)> {
         let Some(after) = stat.rsplit_once(") ").map(|x| x.1) else {
             continue;
         };
-        let ppid = after.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
         if ppid != Some(me) || !stat.contains("(qemu-system") {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         let rank = cmdline
-            .split(|c: char| c == ' ' || c == '\0')
+            .split([' ', '\0'])
             .find_map(|w| w.strip_prefix("rank=")?.parse().ok());
         v.push((pid, rank));
     }
@@ -450,7 +458,10 @@ fn parse_worker_output(text: &str) -> Result<Got> {
             _ => {}
         }
     }
-    bail!("no results in the output: {}", text.lines().last().unwrap_or(""))
+    bail!(
+        "no results in the output: {}",
+        text.lines().last().unwrap_or("")
+    )
 }
 
 /// What a round asks for.
@@ -473,7 +484,11 @@ fn host_pair(transport: &str, ask: Ask, spin_ns: u64, stop: &AtomicBool) -> Resu
     let pid = std::process::id();
     let exe = std::env::current_exe().context("finding the vmpi binary")?;
     // Files live as long as this value (ShmWorld or RawFile), removed on drop.
-    let (_world, _raw, name): (Option<interconnect::host::ShmWorld>, Option<RawFile>, String);
+    let (_world, _raw, name): (
+        Option<interconnect::host::ShmWorld>,
+        Option<RawFile>,
+        String,
+    );
     if transport == "fabric" {
         let prefix = format!("vmpi-{pid}-hh");
         _world = Some(
@@ -644,6 +659,14 @@ fn fabric_worker(w: &WorkerArgs, lat: bool) -> Result<Got> {
         Ok(Got::Samples(rtt))
     } else {
         let mut ack = [0u8; 4];
+        // One exchange first, so that the clock starts with both sides running.
+        if rank == 0 {
+            ep.send(&world, peer, ACK, &ack, dl).map_err(e)?;
+            ep.recv(&world, peer, ACK, &mut ack, dl).map_err(e)?;
+        } else {
+            ep.recv(&world, peer, ACK, &mut ack, dl).map_err(e)?;
+            ep.send(&world, peer, ACK, &ack, dl).map_err(e)?;
+        }
         let t0 = rdtsc();
         for _ in 0..w.count {
             if rank == 0 {
@@ -750,7 +773,10 @@ impl Vms {
         loop {
             vms.check(interrupted)?;
             if t0.elapsed() > limit {
-                bail!("the partitions did not come up within {} s", limit.as_secs());
+                bail!(
+                    "the partitions did not come up within {} s",
+                    limit.as_secs()
+                );
             }
             if vms.ctl.is_none()
                 && let Ok(f) = File::options().read(true).write(true).open(&path)
@@ -760,12 +786,16 @@ impl Vms {
                 let base = len
                     .checked_sub(ctl::CTL_LEN)
                     .filter(|&b| b >= g.region_len() + ctl::SAMPLES_LEN)
-                    .ok_or_else(|| anyhow!("channel file of {len} bytes has no room for the bench"))?;
+                    .ok_or_else(|| {
+                        anyhow!("channel file of {len} bytes has no room for the bench")
+                    })?;
                 vms.ctl = Some(interconnect::shm::host::map_file(&f, len)?);
                 vms.base = base;
             }
             if let Some(r) = &vms.ctl
-                && (0..2).all(|i| r.load64(vms.base + ctl::READY_AT + 8 * i, Ordering::Acquire) == ctl::READY)
+                && (0..2).all(|i| {
+                    r.load64(vms.base + ctl::READY_AT + 8 * i, Ordering::Acquire) == ctl::READY
+                })
             {
                 break;
             }
@@ -780,7 +810,11 @@ impl Vms {
             "partitions up in {} ms; QEMU pinned: {}",
             t0.elapsed().as_millis(),
             kids.iter()
-                .map(|(p, r)| format!("rank {} pid {p} -> cpu {}", r.unwrap_or(0), r.unwrap_or(0) as usize % n))
+                .map(|(p, r)| format!(
+                    "rank {} pid {p} -> cpu {}",
+                    r.unwrap_or(0),
+                    r.unwrap_or(0) as usize % n
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -841,7 +875,9 @@ impl Vms {
         for i in 0..2 {
             let s = r.load64(self.base + ctl::STATUS_AT + 8 * i, Ordering::Acquire);
             if s != 0 {
-                bail!("partition rank {i} failed round {k} with interconnect error code {s} (see its log)");
+                bail!(
+                    "partition rank {i} failed round {k} with interconnect error code {s} (see its log)"
+                );
             }
         }
         let res = r.load64(self.base + ctl::RESULT, Ordering::Acquire);
@@ -861,7 +897,15 @@ impl Vms {
 
     /// Tells the partitions to exit and waits for the launcher (stops them after 10 s).
     fn finish(mut self) -> Result<()> {
-        let _ = self.post(ctl::QUIT, Ask { bw: false, size: 0, count: 0, extra: 0 });
+        let _ = self.post(
+            ctl::QUIT,
+            Ask {
+                bw: false,
+                size: 0,
+                count: 0,
+                extra: 0,
+            },
+        );
         let t0 = Instant::now();
         while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             if t0.elapsed() > Duration::from_secs(10) {
@@ -873,7 +917,12 @@ impl Vms {
             Some(Ok(Ok(rep))) => {
                 for r in &rep.rows {
                     if r.outcome != vmpi::launch::Outcome::Status(0) {
-                        bail!("partition {} ended with {} (log {})", r.name, r.outcome, r.log.display());
+                        bail!(
+                            "partition {} ended with {} (log {})",
+                            r.name,
+                            r.outcome,
+                            r.log.display()
+                        );
                     }
                 }
                 Ok(())
@@ -895,11 +944,7 @@ impl Drop for Vms {
     }
 }
 
-fn mpich_round(
-    mpi: &(PathBuf, PathBuf),
-    ask: Ask,
-    stop: &AtomicBool,
-) -> Result<Got> {
+fn mpich_round(mpi: &(PathBuf, PathBuf), ask: Ask, stop: &AtomicBool) -> Result<Got> {
     let child = command(&mpi.0, None)
         .args(["-n", "2", "-bind-to", "core"])
         .arg(&mpi.1)
@@ -928,6 +973,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
             .context("installing signal handlers")?;
     }
     let out = StdoutToStderr::new()?;
+    progress(&format!("pid {}", std::process::id()));
     for p in vmpi::launch::sweep_stale() {
         progress(&format!("removed {} left by a killed run", p.display()));
     }
@@ -1019,9 +1065,13 @@ pub fn run(a: BenchArgs) -> Result<u8> {
                         }
                         let got = match pair {
                             Pair::VmVm => vms.measure(ask, &interrupted),
-                            Pair::HostHost => host_pair("fabric", ask, spin_us * 1000, &interrupted),
+                            Pair::HostHost => {
+                                host_pair("fabric", ask, spin_us * 1000, &interrupted)
+                            }
                             Pair::Raw => host_pair("raw", ask, 0, &interrupted),
-                            Pair::Mpich => mpich_round(mpich.as_ref().context("no mpich")?, ask, &interrupted),
+                            Pair::Mpich => {
+                                mpich_round(mpich.as_ref().context("no mpich")?, ask, &interrupted)
+                            }
                         }
                         .with_context(|| {
                             format!("{} {} {} B {}", pair.name(), mode.name(), size, ask.kind())
@@ -1117,6 +1167,8 @@ mod tests {
     fn the_bench_manifest_leaves_room_for_the_control_block() {
         let sys = manifest::parse(Path::new("bench.toml"), MANIFEST).unwrap();
         let c = &sys.channels[0];
-        assert!(c.geometry().region_len() + ctl::SAMPLES_LEN + ctl::CTL_LEN <= c.file_bytes as usize);
+        assert!(
+            c.geometry().region_len() + ctl::SAMPLES_LEN + ctl::CTL_LEN <= c.file_bytes as usize
+        );
     }
 }

@@ -13,6 +13,9 @@ use vmpi::manifest::{self, Hypervisor, Machine};
 use vmpi::qemu::{self, Accel, HostError};
 use vmpi::{describe, graph, images, tsc};
 
+mod bench;
+mod bench_report;
+
 /// Compose, launch and draw vmpi systems: unikernel partitions under QEMU/KVM that
 /// talk only through MPI-style shared-memory channels granted by a manifest.
 #[derive(Parser)]
@@ -59,6 +62,14 @@ enum Cmd {
         #[arg(long)]
         build: bool,
     },
+    /// Benchmark the fabric (OSU-style ping-pong latency and streaming bandwidth,
+    /// 8 B to 1 MiB) between two partitions, interleaved in one run with the same
+    /// fabric between host processes, the raw cache-line baseline and MPICH; poll and
+    /// spin-then-block. Prints a table (or --json records); --svg draws the latencies.
+    Bench(bench::BenchArgs),
+    /// One side of a host measurement of `vmpi bench` (internal).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
     /// Draw the system as SVG: partitions, groups, channels and quotas.
     Graph {
         /// The manifest.
@@ -112,6 +123,8 @@ fn run(cli: Cli) -> Result<u8> {
             images::build(&sys, &images::partitions_dir(&manifest))?;
             Ok(0)
         }
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::BenchWorker(w) => bench::worker(&w),
         Cmd::Graph { manifest, output } => {
             let sys = manifest::load(&manifest)?;
             let svg = graph::svg(&sys);
