@@ -307,10 +307,12 @@ pub fn init(region: &Region, g: Geometry, ranks: [Rank; 2]) -> Result<(), Error>
     if region.len() < g.region_len() {
         return Err(Error::config("channel region bytes", region.len() as u64));
     }
+    // Everything but the data areas (only read after the sender wrote them).
     let zero = [0u8; 4096];
+    let end = g.dir(0).data;
     let mut off = 0;
-    while off < g.region_len() {
-        let n = zero.len().min(g.region_len() - off);
+    while off < end {
+        let n = zero.len().min(end - off);
         region.write(off, &zero[..n]);
         off += n;
     }

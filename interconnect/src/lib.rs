@@ -69,7 +69,7 @@ extern crate alloc;
 extern crate std;
 
 mod coll;
-#[cfg(feature = "std")]
+#[cfg(all(feature = "std", not(loom)))]
 pub mod host;
 pub mod layout;
 mod mpi;

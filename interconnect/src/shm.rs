@@ -321,19 +321,32 @@ mod model {
         }
         /// Byte copy out (relaxed word loads).
         pub fn read(&self, off: usize, dst: &mut [u8]) {
+            let mut word = (usize::MAX, 0u64);
             for (i, b) in dst.iter_mut().enumerate() {
                 let o = off + i;
-                *b = (self.w(o).load(Ordering::Relaxed) >> ((o % 8) * 8)) as u8;
+                if word.0 != o / 8 {
+                    word = (o / 8, self.w(o).load(Ordering::Relaxed));
+                }
+                *b = (word.1 >> ((o % 8) * 8)) as u8;
             }
         }
-        /// Byte copy in (relaxed read-modify-write per byte).
+        /// Byte copy in (relaxed stores; read-modify-write for partial words).
         pub fn write(&self, off: usize, src: &[u8]) {
-            for (i, b) in src.iter().enumerate() {
+            let mut i = 0;
+            while i < src.len() {
                 let o = off + i;
+                if o % 8 == 0 && i + 8 <= src.len() {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&src[i..i + 8]);
+                    self.w(o).store(u64::from_le_bytes(b), Ordering::Relaxed);
+                    i += 8;
+                    continue;
+                }
                 let sh = (o % 8) * 8;
                 let x = self.w(o).load(Ordering::Relaxed);
-                let y = (x & !(0xffu64 << sh)) | (u64::from(*b) << sh);
+                let y = (x & !(0xffu64 << sh)) | (u64::from(src[i]) << sh);
                 self.w(o).store(y, Ordering::Relaxed);
+                i += 1;
             }
         }
     }
