@@ -222,3 +222,22 @@ fn four_partitions_on_two_cores_exchange_every_message() {
     }
     assert_clean(pid);
 }
+
+#[test]
+fn bad_fabric_command_lines_end_with_a_status_and_a_reason() {
+    let d = TempDir::new("bad");
+    let (o, pid) = up("compose-bad.toml", &d.0);
+    let all = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "garbled      status 90");
+    assert_has(&all, "nodevice     status 91");
+    assert_has(
+        &log(&d.0, "garbled"),
+        "fabric: bad ch=`x` (expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS) (exit 90)",
+    );
+    assert_has(
+        &log(&d.0, "nodevice"),
+        "fabric: ch= slot 5 (peer 0): no ivshmem device in that slot (exit 91)",
+    );
+    assert_clean(pid);
+}
