@@ -89,7 +89,36 @@ enter_user:
     xorl %r11d, %r11d
     iretq
     .popsection
+
+    // The IDT, built by the assembler (no ring-0 loop at boot): stub i sits at
+    // {base} + 16 * i (link.ld asserts it). #BP (3) is callable from CPL 3
+    // (system calls); #DF (8) runs on IST 1.
+    .pushsection .rtdata, "aw"
+    .p2align 4
+    .global idt_table
+idt_table:
+    .set i, 0
+    .rept {n}
+    .word ({base} + 16 * i) & 0xffff
+    .word 0x08
+    .if i == 8
+    .byte 1
+    .else
+    .byte 0
+    .endif
+    .if i == 3
+    .byte 0xee
+    .else
+    .byte 0x8e
+    .endif
+    .word (({base} + 16 * i) >> 16) & 0xffff
+    .long 0
+    .long 0
+    .set i, i + 1
+    .endr
+    .popsection
 "#,
+    base = const crate::paging::IMAGE_BASE,
     n = const IDT_LEN,
     ss = const USER_SS,
     cs = const USER_CS,
@@ -97,7 +126,7 @@ enter_user:
 );
 
 unsafe extern "C" {
-    static isr_stubs: u8;
+    static idt_table: u8;
     /// Enters the service: `rip` at CPL 3 on stack `rsp`, interrupts off.
     pub(crate) fn enter_user(rip: u64, rsp: u64) -> !;
 }
@@ -141,9 +170,6 @@ struct Tss {
     iomap: u16,
 }
 
-#[repr(C, align(16))]
-struct Idt([u64; IDT_LEN * 2]);
-
 #[unsafe(link_section = ".rtdata")]
 static TSS: Global<Tss> = Global::new(Tss {
     _r0: 0,
@@ -154,9 +180,6 @@ static TSS: Global<Tss> = Global::new(Tss {
     _r3: 0,
     iomap: 104,
 });
-
-#[unsafe(link_section = ".rtdata")]
-static IDT: Global<Idt> = Global::new(Idt([0; IDT_LEN * 2]));
 
 /// Loads the TSS (with the ring-0 and double-fault stacks) and the IDT.
 ///
@@ -176,20 +199,6 @@ pub(crate) unsafe fn init() {
         g[6] = base >> 32;
         asm!("ltr {0:x}", in(reg) TSS_SEL, options(nostack));
 
-        let stubs = (&raw const isr_stubs) as u64;
-        let idt = &mut IDT.get().0;
-        for v in 0..IDT_LEN {
-            let h = stubs + 16 * v as u64;
-            // Present interrupt gate; int3 (#BP) callable from CPL 3 (system calls).
-            let attr: u64 = if v == 3 { 0xee } else { 0x8e };
-            let ist: u64 = if v == 8 { 1 } else { 0 };
-            idt[2 * v] = (h & 0xffff)
-                | (0x08 << 16)
-                | (ist << 32)
-                | (attr << 40)
-                | (((h >> 16) & 0xffff) << 48);
-            idt[2 * v + 1] = h >> 32;
-        }
         #[repr(C, packed)]
         struct Ptr {
             limit: u16,
@@ -197,7 +206,7 @@ pub(crate) unsafe fn init() {
         }
         let p = Ptr {
             limit: (IDT_LEN * 16 - 1) as u16,
-            base: IDT.ptr() as u64,
+            base: (&raw const idt_table) as u64,
         };
         asm!("lidt [{}]", in(reg) &raw const p, options(nostack, readonly));
     }
