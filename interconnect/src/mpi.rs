@@ -989,6 +989,9 @@ impl<P: Platform> Endpoint<P> {
             if let Err(e) = l.ch.check() {
                 break Err(e);
             }
+            if dl == Deadline::NOW && !(l.sendq.is_empty() && l.ch.tx.fits(data.len())?) {
+                break Err(Error::WouldBlock { rank: w });
+            }
             if l.sendq.is_empty() {
                 let before = done;
                 let r = l.ch.tx.send(tag, ctx, data, &mut done);

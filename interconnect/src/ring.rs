@@ -160,20 +160,71 @@ impl Tx {
     }
 
     /// Credit check for one slot; re-reads the receiver's position only when out.
-    fn slot_credit(&mut self) -> Result<(), Error> {
-        if self.head - self.consumed < u64::from(self.g.slots) {
-            return Ok(());
-        }
+    /// Re-reads the receiver's counters (validated: they only move forward, and never
+    /// past what was sent).
+    fn refresh(&mut self) -> Result<(), Error> {
         let c = self.r.load64(self.d.consumed(), Acquire);
         if c < self.consumed || c > self.head {
             return Err(self.malformed("consumed counter", c));
         }
         self.consumed = c;
-        if self.head - c < u64::from(self.g.slots) {
-            Ok(())
-        } else {
-            Err(Error::WouldBlock { rank: self.peer })
+        let t = self.r.load64(self.d.data_tail(), Acquire);
+        if t < self.data_tail || t > self.data_head {
+            return Err(self.malformed("data tail", t));
         }
+        self.data_tail = t;
+        Ok(())
+    }
+
+    /// Credit check for one slot; re-reads the receiver's position only when out.
+    fn slot_credit(&mut self) -> Result<(), Error> {
+        if self.head - self.consumed >= u64::from(self.g.slots) {
+            self.refresh()?;
+            if self.head - self.consumed >= u64::from(self.g.slots) {
+                return Err(Error::WouldBlock { rank: self.peer });
+            }
+        }
+        Ok(())
+    }
+
+    fn max_chunk(&self) -> u64 {
+        (u64::from(self.g.data_len) / 4).min(64 << 10)
+    }
+
+    /// Where a chunk of `rounded` bytes goes if the data head is at `head`: contiguous,
+    /// so it skips to the next lap when it would cross the end.
+    fn place(&self, head: u64, rounded: u64) -> u64 {
+        let dl = u64::from(self.g.data_len);
+        if head % dl + rounded > dl {
+            head + (dl - head % dl)
+        } else {
+            head
+        }
+    }
+
+    /// True if a whole message of `len` bytes fits now (all or nothing: what a
+    /// non-blocking send needs). Counts the abort of a half-sent message too.
+    pub fn fits(&mut self, len: usize) -> Result<bool, Error> {
+        self.refresh()?;
+        let mut slots = u64::from(self.inflight);
+        let mut head = self.data_head;
+        if len <= INLINE_MAX {
+            slots += 1;
+        } else {
+            let mut left = len as u64;
+            while left > 0 {
+                let chunk = left.min(self.max_chunk());
+                let rounded = chunk.next_multiple_of(LINE as u64);
+                head = self.place(head, rounded) + rounded;
+                left -= chunk;
+                slots += 1;
+                if slots > u64::from(self.g.slots) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(self.head + slots - self.consumed <= u64::from(self.g.slots)
+            && head - self.data_tail <= u64::from(self.g.data_len))
     }
 
     fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: &[u8]) {
@@ -216,24 +267,14 @@ impl Tx {
             return Ok(());
         }
         let dl = u64::from(self.g.data_len);
-        let max_chunk = (dl / 4).min(64 << 10) as usize;
         while *done < data.len() {
             self.slot_credit()?;
-            let chunk = (data.len() - *done).min(max_chunk);
+            let chunk = (data.len() - *done).min(self.max_chunk() as usize);
             let rounded = (chunk as u64).next_multiple_of(LINE as u64);
-            let off = self.data_head % dl;
-            let pos = if off + rounded > dl {
-                self.data_head + (dl - off)
-            } else {
-                self.data_head
-            };
+            let pos = self.place(self.data_head, rounded);
             if pos + rounded - self.data_tail > dl {
-                let t = self.r.load64(self.d.data_tail(), Acquire);
-                if t < self.data_tail || t > self.data_head {
-                    return Err(self.malformed("data tail", t));
-                }
-                self.data_tail = t;
-                if pos + rounded - t > dl {
+                self.refresh()?;
+                if pos + rounded - self.data_tail > dl {
                     return Err(Error::WouldBlock { rank: self.peer });
                 }
             }

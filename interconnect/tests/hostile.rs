@@ -119,7 +119,7 @@ fn kinds_and_lengths() {
         "message length"
     );
     assert_eq!(
-        malformed(100, |r| put32(r, slot(0, LEN), (1 << 30) - 1 | 2 << 30)),
+        malformed(100, |r| put32(r, slot(0, LEN), ((1 << 30) - 1) | (2 << 30))),
         "message length"
     );
     assert_eq!(
