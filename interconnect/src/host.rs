@@ -5,7 +5,7 @@
 use crate::layout::{self, LINE};
 use crate::ring::Channel;
 use crate::shm::{Region, host as sys};
-use crate::{Config, Endpoint, Error, Platform, Rank};
+use crate::{Config, Deadline, Endpoint, Error, Platform, Rank};
 use std::format;
 use std::path::PathBuf;
 use std::string::String;
@@ -16,8 +16,19 @@ use std::vec::Vec;
 pub struct HostPlatform {
     bells: Region,
     me: Rank,
-    epoch: Instant,
     spin_ns: u64,
+}
+
+/// The host clock: nanoseconds since the first use in this process (shared by every
+/// [`HostPlatform`] of the process, so deadlines can be passed between threads).
+pub fn now() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A deadline `ms` milliseconds from now on the host clock.
+pub fn deadline_ms(ms: u64) -> Deadline {
+    Deadline(now().saturating_add(ms.saturating_mul(1_000_000)))
 }
 
 impl HostPlatform {
@@ -29,7 +40,6 @@ impl HostPlatform {
         Ok(HostPlatform {
             bells,
             me,
-            epoch: Instant::now(),
             spin_ns: 50_000,
         })
     }
@@ -42,7 +52,7 @@ impl HostPlatform {
 
 impl Platform for HostPlatform {
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        now()
     }
     fn bell(&self) -> u32 {
         self.bells.load32(

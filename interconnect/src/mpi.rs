@@ -920,7 +920,9 @@ impl<P: Platform> Endpoint<P> {
 
     /// Runs a blocking receive or probe to completion or deadline.
     fn run(&mut self, c: &mut Cur<'_>, dl: Deadline) -> Result<Status, Error> {
-        let watch = c.m.src;
+        // Queued sends keep moving while we wait (else two sendrecvs could deadlock).
+        let queued = self.links.iter().flatten().any(|l| !l.sendq.is_empty());
+        let watch = if queued { None } else { c.m.src };
         let mut w = self.waiter();
         let res = loop {
             if !c.taken && !self.unexp.is_empty() && self.match_unexp(c) {
@@ -932,6 +934,13 @@ impl<P: Platform> Endpoint<P> {
                         && c.done.is_none()
                     {
                         break Some(Err(e));
+                    }
+                    if queued {
+                        for p in 0..self.links.len() as Rank {
+                            if let Err(e) = self.progress_sends(p) {
+                                self.fail_link(p, &e);
+                            }
+                        }
                     }
                 }
                 None => self.progress_all(Some(c)),
