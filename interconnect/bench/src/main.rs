@@ -4,8 +4,14 @@
 //!
 //! ```text
 //! cargo run --release --bin fabric-bench [-- --json] [--quick] [--iters N]
-//!     [--rounds N] [--sizes 8,64,4K,1M] [--bw-msgs N] [--no-block]
+//!     [--rounds N] [--sizes 8,64,4K,1M] [--bw-msgs N] [--no-block] [--diag]
 //! ```
+//!
+//! Diagnostics (not part of the recorded figures): `--diag` adds a `ring` latency pair,
+//! the fabric's ring protocol alone (`ring::Channel`, no MPI layer) on a second channel
+//! (`--ring-slots N` changes its ring size); `--rawx BITS` adds a `rawx` pair, the raw
+//! pair plus chosen pieces of the ring's memory traffic (see `peer::Side::rawx_rtt`).
+//! Both are interleaved with the others like the main pairs.
 //!
 //! The process started by the user is the launcher: it creates the fabric's files with
 //! `host::ShmWorld::create` and the raw pair's file under /dev/shm, re-executes itself
@@ -27,6 +33,11 @@ pub enum Pair {
     Fabric,
     /// The raw baseline (latency: one cache line; streaming: memcpy).
     Raw,
+    /// Diagnostic (`--diag`): the fabric's ring protocol alone (`ring::Channel`
+    /// `Tx::send` / `Rx::peek` + `Rx::take`), without the MPI layer.
+    Ring,
+    /// Diagnostic (`--rawx BITS`): the raw pair plus chosen pieces of the ring's work.
+    RawX,
 }
 
 impl Pair {
@@ -34,12 +45,16 @@ impl Pair {
         match self {
             Pair::Fabric => "fabric",
             Pair::Raw => "raw",
+            Pair::Ring => "ring",
+            Pair::RawX => "rawx",
         }
     }
     fn bw_name(self) -> &'static str {
         match self {
             Pair::Fabric => "fabric",
             Pair::Raw => "memcpy",
+            Pair::Ring => "ring",
+            Pair::RawX => "rawx",
         }
     }
 }
@@ -74,6 +89,12 @@ pub struct Opts {
     bw_msgs: usize,
     /// Also measure block mode (at 8 bytes).
     block: bool,
+    /// Also measure the diagnostic `ring` pair (latency, poll mode).
+    diag: bool,
+    /// `--diag`: ring slots of the diagnostic channel (default: the fabric's).
+    ring_slots: Option<u32>,
+    /// `--rawx BITS`: measure the RawX pair (see `peer::rawx_rtt`).
+    rawx: Option<u32>,
     /// CPUs of ping and pong (chosen by the launcher).
     cpus: Option<(usize, usize)>,
 }
@@ -92,7 +113,8 @@ const DEFAULT_SIZES: &[usize] = &[
 ];
 
 const USAGE: &str = "usage: fabric-bench [--json] [--quick] [--iters N] [--rounds N] \
-                     [--sizes 8,64,4K,1M] [--bw-msgs N] [--no-block]";
+                     [--sizes 8,64,4K,1M] [--bw-msgs N] [--no-block] [--diag] [--ring-slots N] \
+                     [--rawx BITS]";
 
 impl Opts {
     fn max_size(&self) -> usize {
@@ -141,6 +163,9 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>), String> {
         sizes: DEFAULT_SIZES.to_vec(),
         bw_msgs: 8192,
         block: true,
+        diag: false,
+        ring_slots: None,
+        rawx: None,
         cpus: None,
     };
     let mut quick = false;
@@ -157,6 +182,9 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>), String> {
             "--json" => o.json = true,
             "--quick" => quick = true,
             "--no-block" => o.block = false,
+            "--diag" => o.diag = true,
+            "--rawx" => o.rawx = Some(num(it.next(), "--rawx")? as u32),
+            "--ring-slots" => o.ring_slots = Some(num(it.next(), "--ring-slots")? as u32),
             "--iters" => iters = Some(num(it.next(), "--iters")?),
             "--rounds" => rounds = Some(num(it.next(), "--rounds")?),
             "--bw-msgs" => bw = Some(num(it.next(), "--bw-msgs")?),
@@ -232,10 +260,24 @@ fn launch(o: &Opts, args: &[String]) -> Result<(), String> {
     };
     let prefix = format!("fabric-bench-{}", std::process::id());
     let files = peer::Files::new(&prefix);
-    sys::cleanup_on_signals(&[files.raw.clone(), files.bells.clone(), files.chan.clone()]);
-    // The fabric's files (removed when `world` drops).
+    let ring = peer::Files::new(&format!("{prefix}r"));
+    sys::cleanup_on_signals(&[
+        files.raw.clone(),
+        files.bells.clone(),
+        files.chan.clone(),
+        ring.bells.clone(),
+        ring.chan.clone(),
+    ]);
+    // The fabric's files (removed when `world` drops); a second channel for `--diag`.
     let world = interconnect::host::ShmWorld::create(&prefix, &peer::fabric_config())
         .map_err(|e| format!("creating the fabric's files: {e}"))?;
+    let ring_world = match o.diag {
+        true => Some(
+            interconnect::host::ShmWorld::create(&format!("{prefix}r"), &peer::ring_config(o))
+                .map_err(|e| format!("creating the ring's files: {e}"))?,
+        ),
+        false => None,
+    };
     let _raw = RemoveOnDrop(files.raw.clone());
     sys::create_file(&files.raw, peer::raw_len(o.max_size()) as u64)
         .map_err(|e| format!("{}: {e}", files.raw.display()))?;
@@ -278,6 +320,7 @@ fn launch(o: &Opts, args: &[String]) -> Result<(), String> {
     sys::set_child(0, 0);
     sys::set_child(1, 0);
     drop(world);
+    drop(ring_world);
     res
 }
 

@@ -52,6 +52,15 @@ pub fn fabric_config() -> Config {
     Config::new(2)
 }
 
+/// The diagnostic ring channel's configuration (`--ring-slots`).
+pub fn ring_config(o: &Opts) -> Config {
+    let mut c = fabric_config();
+    if let Some(n) = o.ring_slots {
+        c.geometry.slots = n;
+    }
+    c
+}
+
 /// The files of one run.
 pub struct Files {
     /// Raw pair.
@@ -137,6 +146,10 @@ struct Side {
     raw: Raw,
     ep: Endpoint<BenchPlatform>,
     world: Comm,
+    /// `--diag`: a second channel used through the ring API alone.
+    ring: Option<Channel>,
+    /// `--rawx` bits.
+    rawx: u32,
     /// Round trips done on the raw pair (both sides count alike).
     seq: u32,
     /// Streaming messages done on the raw pair.
@@ -203,6 +216,68 @@ impl Side {
         }
     }
 
+    /// Diagnostic raw round trip of 8 bytes in the fabric's slot format (`--rawx`):
+    /// slots of 32 bytes, ping's in the first half of a line and pong's in the second,
+    /// `seq` written last. Bits of `x` add pieces of the ring's work: 1 = the 12-byte
+    /// header (tag, ctx, len) written byte by byte (volatile, as `Region::write` does at
+    /// an offset that is not 8-aligned); 2 = the receiver reads the whole slot (four
+    /// volatile u64 loads); 4 = the receiver stores a consumed count in a line of its
+    /// own; 8 = slots rotate through 256 lines.
+    fn rawx_rtt(&mut self, x: u32) {
+        self.seq = self.seq.wrapping_add(1);
+        let s = self.seq;
+        let line = if x & 8 != 0 {
+            BUFS + 64 * (s as usize % 256)
+        } else {
+            0
+        };
+        let (mine, theirs) = if self.ping {
+            (line, line + 32)
+        } else {
+            (line + 32, line)
+        };
+        let consumed = if self.ping {
+            PING_WAITING
+        } else {
+            PONG_WAITING
+        } + 8;
+        let write = |me: &Self| {
+            if x & 1 != 0 {
+                for i in 0..12 {
+                    me.raw.w32(mine + 4 + (i & !3)); // bounds check, like Region::write
+                    // SAFETY: in bounds of the mapping (checked above); a plain byte store.
+                    unsafe { me.raw.ptr(mine + 4 + i).write_volatile(i as u8) };
+                }
+            }
+            me.raw.w64(mine + 16).store(u64::from(s), Relaxed);
+            me.raw.w32(mine).store(s, Release);
+        };
+        let read = |me: &Self| {
+            let w = me.raw.w32(theirs);
+            while w.load(Acquire) != s {
+                std::hint::spin_loop();
+            }
+            if x & 2 != 0 {
+                let mut b = [0u64; 4];
+                for (i, v) in b.iter_mut().enumerate() {
+                    // SAFETY: in bounds and 8-aligned (the slot is 32-byte aligned).
+                    *v = unsafe { me.raw.ptr(theirs + 8 * i).cast::<u64>().read_volatile() };
+                }
+                std::hint::black_box(b);
+            }
+            if x & 4 != 0 {
+                me.raw.w64(consumed).store(u64::from(s), Release);
+            }
+        };
+        if self.ping {
+            write(self);
+            read(self);
+        } else {
+            read(self);
+            write(self);
+        }
+    }
+
     /// One raw round trip of `size` bytes each way.
     fn raw_rtt(&mut self, size: usize, block: bool) {
         self.seq = self.seq.wrapping_add(1);
@@ -224,6 +299,44 @@ impl Side {
             self.raw.copy_in(dst, &self.buf[..size]);
             self.raw_post(PONG_SEQ, s, block, PING_WAITING);
         }
+    }
+
+    /// One round trip through the bare ring protocol (`--diag`).
+    fn ring_rtt(&mut self, size: usize) -> Result<(), String> {
+        let Some(ch) = self.ring.as_mut() else {
+            return Err("no ring channel".into());
+        };
+        let send = |ch: &mut Channel, data: &[u8]| -> Result<(), String> {
+            let mut done = 0;
+            loop {
+                match ch.tx.send(TAG_LAT, 0, data, &mut done) {
+                    Ok(()) => return Ok(()),
+                    Err(interconnect::Error::WouldBlock { .. }) => std::hint::spin_loop(),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let recv = |ch: &mut Channel, buf: &mut [u8]| -> Result<usize, String> {
+            loop {
+                if ch.rx.peek().map_err(|e| e.to_string())?.is_some()
+                    && let Some(n) = ch.rx.take(buf).map_err(|e| e.to_string())?
+                {
+                    return Ok(n);
+                }
+                std::hint::spin_loop();
+            }
+        };
+        if self.ping {
+            send(ch, &self.src[..size])?;
+            let n = recv(ch, &mut self.buf[..size])?;
+            if n != size {
+                return Err("ring echo of the wrong length".into());
+            }
+        } else {
+            recv(ch, &mut self.buf[..size])?;
+            send(ch, &self.buf[..size])?;
+        }
+        Ok(())
     }
 
     /// One fabric round trip of `size` bytes each way.
@@ -285,13 +398,15 @@ impl Side {
             match pair {
                 Pair::Raw => self.raw_rtt(size, block),
                 Pair::Fabric => self.fabric_rtt(size, dl)?,
+                Pair::Ring => self.ring_rtt(size)?,
+                Pair::RawX => self.rawx_rtt(self.rawx),
             }
             let t1 = sys::tsc();
             if self.ping && i >= warm {
                 rtt.push(t1.wrapping_sub(t0));
             }
         }
-        if self.ping && self.buf[..size] != self.src[..size] {
+        if self.ping && pair != Pair::RawX && self.buf[..size] != self.src[..size] {
             return Err(format!("{pair:?} echo of {size} bytes came back corrupted"));
         }
         Ok(rtt)
@@ -346,6 +461,7 @@ impl Side {
                     return Err("fabric stream: receiver saw corrupted data".into());
                 }
             }
+            (Pair::Ring | Pair::RawX, _) => return Err("no streaming on diagnostic pairs".into()),
             (Pair::Fabric, false) => {
                 for _ in 0..n {
                     self.ep
@@ -397,12 +513,22 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
     }
     let ep = attach(&files, if ping { 0 } else { 1 })?;
     let world = ep.world();
+    let ring = match o.diag {
+        true => {
+            let f = Files::new(&format!("{prefix}r"));
+            let (me, peer) = if ping { (0, 1) } else { (1, 0) };
+            Some(Channel::attach(map(&f.chan)?, me, peer).map_err(|e| e.to_string())?)
+        }
+        false => None,
+    };
     let tick = if ping { sys::tsc_per_ns() } else { 1.0 };
     let mut s = Side {
         ping,
         raw,
         ep,
         world,
+        ring,
+        rawx: o.rawx.unwrap_or(0),
         seq: 0,
         bw: 0,
         src: vec![0; max],
@@ -429,11 +555,17 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
     let mut seed = 0u32;
     for round in 0..o.rounds {
         // Alternate which pair goes first, so neither always follows the other.
-        let order = if round % 2 == 0 {
-            [Pair::Raw, Pair::Fabric]
-        } else {
-            [Pair::Fabric, Pair::Raw]
-        };
+        let mut order = vec![Pair::Raw, Pair::Fabric];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut lat_order = order.clone();
+        if o.diag {
+            lat_order.insert(1, Pair::Ring);
+        }
+        if o.rawx.is_some() {
+            lat_order.insert(1, Pair::RawX);
+        }
         let mut phases: Vec<(Mode, usize)> = o.sizes.iter().map(|&z| (Mode::Poll, z)).collect();
         if o.block {
             phases.extend(o.block_sizes().into_iter().map(|z| (Mode::Block, z)));
@@ -441,7 +573,10 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         for (mode, size) in phases {
             let iters = o.iters_for(mode, size);
             let warm = (iters / 10).max(10);
-            for pair in order {
+            for &pair in &lat_order {
+                if matches!(pair, Pair::Ring | Pair::RawX) && mode == Mode::Block {
+                    continue;
+                }
                 seed = seed.wrapping_add(1);
                 let v = s.latency(pair, mode, size, warm, iters, seed)?;
                 if ping {
@@ -449,7 +584,7 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
                 }
             }
         }
-        for pair in order {
+        for &pair in &order {
             seed = seed.wrapping_add(1);
             let secs = s.stream(pair, o.bw_msgs, seed)?;
             if ping {

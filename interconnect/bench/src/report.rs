@@ -267,6 +267,27 @@ impl Results {
                 hi
             );
         }
+        for g in lat
+            .iter()
+            .filter(|l| matches!(l.pair, Pair::Ring | Pair::RawX))
+        {
+            let r = lat
+                .iter()
+                .find(|r| (r.pair, r.mode, r.size) == (Pair::Raw, g.mode, g.size));
+            let rp50 = r.map_or(0.0, |r| r.p50);
+            let _ = writeln!(
+                w,
+                "  {:5} {:>8}  ({:6} samples)      {:9.0} {:6.0} {:7.0} | (diagnostic) \
+                 /raw p50 {:5.2}x",
+                g.pair.lat_name(),
+                size_name(g.size),
+                g.samples,
+                g.p50,
+                g.p99,
+                g.p999,
+                g.p50 / rp50.max(f64::MIN_POSITIVE),
+            );
+        }
         let _ = writeln!(
             w,
             "\nstreaming {} KiB messages ping -> pong, {} messages per round, median of \

@@ -64,6 +64,13 @@ impl Raw {
         unsafe { AtomicU32::from_ptr(self.base.add(off).cast()) }
     }
 
+    /// Raw pointer to byte `off` (checked in bounds).
+    pub fn ptr(&self, off: usize) -> *mut u8 {
+        self.check(off, 1, 1);
+        // SAFETY: in bounds (checked).
+        unsafe { self.base.add(off) }
+    }
+
     /// The u64 at `off`.
     pub fn w64(&self, off: usize) -> &AtomicU64 {
         self.check(off, 8, 8);
