@@ -377,7 +377,7 @@ pub fn mark_dead(region: &Region, side: usize) {
 pub struct Counts {
     /// Messages the sender published (from the slot sequence numbers).
     pub messages: u64,
-    /// Data-area bytes the sender reserved (inline bytes are at most 40 per message).
+    /// Data-area bytes the sender reserved (inline bytes are at most 16 per message).
     pub data_bytes: u64,
     /// Malformed messages the receiver rejected.
     pub rx_malformed: u64,

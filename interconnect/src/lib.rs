@@ -2,7 +2,7 @@
 //!
 //! A *channel* is one shared-memory region joining two ranks: one single-producer,
 //! single-consumer ring of cache-line slots per direction, a data area per direction
-//! for messages above 40 bytes, a control word the monitor owns (open / revoked),
+//! for messages above 16 bytes, a control word the monitor owns (open / revoked),
 //! liveness words, and counters the monitor meters. The format is defined once, in
 //! [`layout`] (with a diagram); the protocol is in [`ring`]; every `unsafe` that touches
 //! shared memory is in [`shm`].

@@ -485,6 +485,8 @@ impl<P: Platform> Endpoint<P> {
                 l.ch.tx.set_waiting(on);
             }
         }
+        // The flags before the re-poll (pairs with the peer's barrier after publishing).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     }
 
     /// One step of waiting: spin, then block until a doorbell or the deadline. Checks

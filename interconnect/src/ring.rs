@@ -13,7 +13,6 @@ use crate::layout::{
 use crate::shm::Region;
 use crate::{Error, Rank};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use core::sync::atomic::fence;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Envelope of a message at the head of a ring.
@@ -236,7 +235,8 @@ impl Tx {
         self.r.write(off + 4, &hdr);
         self.r.write(off + PAYLOAD, payload);
         self.head += 1;
-        self.r.store32(off + SEQ, self.head as u32, Release);
+        // Last, and a full barrier, so that `peer_waiting` reads the flag after it.
+        self.r.swap32(off + SEQ, self.head as u32);
     }
 
     /// Sends (more of) one message: `done` bytes of `data` already went out in earlier
@@ -313,8 +313,7 @@ impl Tx {
 
     /// After publishing: true if the receiver announced it is blocking (ring it).
     pub fn peer_waiting(&self) -> bool {
-        fence(SeqCst);
-        self.r.load32(self.d.rx_waiting(), Relaxed) != 0
+        self.r.load32(self.d.rx_waiting(), SeqCst) != 0
     }
 
     /// Announces (or withdraws) that this sender is about to block for credit.
@@ -428,7 +427,8 @@ impl Rx {
             self.data_tail = sv.frag.pos + u64::from(sv.frag.chunk).next_multiple_of(LINE as u64);
             self.r.store64(self.d.data_tail(), self.data_tail, Release);
         }
-        self.r.store64(self.d.consumed(), self.next, Release);
+        // A full barrier before `peer_waiting` reads the sender's flag.
+        self.r.swap64(self.d.consumed(), self.next);
     }
 
     /// The envelope of the next message, without consuming it. `Ok(None)`: nothing yet.
@@ -525,7 +525,6 @@ impl Rx {
 
     /// After consuming: true if the sender announced it is blocking for credit.
     pub fn peer_waiting(&self) -> bool {
-        fence(SeqCst);
-        self.r.load32(self.d.tx_waiting(), Relaxed) != 0
+        self.r.load32(self.d.tx_waiting(), SeqCst) != 0
     }
 }

@@ -94,3 +94,30 @@ fn permission_denied_without_channel_or_outside_comm() {
         })
     );
 }
+
+#[test]
+fn blocked_receiver_and_sender_are_woken() {
+    let mut cfg = Config::new(2);
+    cfg.geometry.slots = 2;
+    let mut eps = host::threads(&cfg).unwrap();
+    let mut b = eps.pop().unwrap();
+    let mut a = eps.pop().unwrap();
+    let t = thread::spawn(move || {
+        let w = b.world();
+        let mut buf = [0u8; 4];
+        // Receiver blocks (past its spin) until the sender's first message.
+        b.recv(&w, 0, 1, &mut buf, dl(&b)).unwrap();
+        // Then lets the sender block on credit before draining.
+        thread::sleep(std::time::Duration::from_millis(50));
+        for i in 1..20u32 {
+            b.recv(&w, 0, 1, &mut buf, dl(&b)).unwrap();
+            assert_eq!(buf, i.to_le_bytes());
+        }
+    });
+    thread::sleep(std::time::Duration::from_millis(50));
+    let w = a.world();
+    for i in 0..20u32 {
+        a.send(&w, 1, 1, &i.to_le_bytes(), dl(&a)).unwrap();
+    }
+    t.join().unwrap();
+}
