@@ -32,20 +32,49 @@
 //! # }
 //! ```
 //!
+//! # API at a glance
+//! - Build: [`Config`] (size, [`layout::Geometry`], channel pairs, [`Rights`], named
+//!   groups) → endpoints via a transport (below). [`Endpoint::rank`], [`Endpoint::size`].
+//! - Communicators: [`Endpoint::world`], [`Endpoint::group`] (configured groups),
+//!   [`Endpoint::split`] (colour/key, collective). A [`Comm`] is a cheap clone.
+//! - Point to point (ranks are communicator ranks): [`Endpoint::send`] /
+//!   [`Endpoint::recv`] (blocking, with a [`Deadline`]; [`Deadline::NOW`] = try once),
+//!   [`Endpoint::isend`] / [`Endpoint::irecv`] → [`Request`], then [`Endpoint::wait`],
+//!   [`Endpoint::test`], [`Endpoint::waitall`], [`Endpoint::cancel`];
+//!   [`Endpoint::sendrecv`], [`Endpoint::probe`], [`Endpoint::iprobe`]. Messages are
+//!   non-overtaking per (source, tag, communicator).
+//! - Collectives (linear, through the root): [`Endpoint::barrier`], [`Endpoint::bcast`],
+//!   [`Endpoint::gather`], [`Endpoint::scatter`], [`Endpoint::reduce`],
+//!   [`Endpoint::allreduce`] ([`Op`] on `u64`).
+//! - Monitor hooks on a channel region: [`layout::Meter`] (messages, data bytes,
+//!   malformed counters), [`layout::revoke`], [`layout::mark_dead`].
+//! - Low level: [`ring::Channel`] = [`ring::Tx`] + [`ring::Rx`] over a [`shm::Region`],
+//!   non-blocking, no matching (what the loom test and a raw benchmark use).
+//!
+//! Sizes: messages of up to 16 bytes travel inline in one 32-byte slot (one cache line
+//! crossing); larger ones go through the data area in chunks of at most
+//! `min(data_len / 4, 64 KiB)`, streamed while the receiver copies earlier chunks out,
+//! up to `max_msg` (default 16 MiB). A non-blocking send is all or nothing.
+//!
 //! # Transports
-//! - **Raw memory** (any target): [`layout::init`] a region (the launcher's job), wrap
-//!   it with [`shm::Region::from_raw`], [`ring::Channel::attach`] it, and hand the
-//!   channels to [`Endpoint::new`] with a [`Platform`] (clock + doorbells).
+//! - **Raw memory** (any target, the guest): the launcher calls [`layout::init`] on each
+//!   channel region; each side wraps it with [`shm::Region::from_raw`],
+//!   [`ring::Channel::attach`]es it, and hands its channels to [`Endpoint::new`] with a
+//!   [`Platform`] (clock + doorbells).
 //! - **Threads** (`std`): [`host::threads`] builds every endpoint of a world over heap
-//!   regions.
-//! - **Host processes** (`std`): [`host::ShmWorld::create`] makes one file per channel
-//!   under `/dev/shm` (plus one doorbell file); each process calls
-//!   [`host::ShmWorld::attach`] for its rank. The files are what a VM maps through
-//!   ivshmem.
+//!   regions; move each endpoint into its thread.
+//! - **Host processes** (`std`): the launcher calls [`host::ShmWorld::create`]`(prefix,
+//!   &cfg)` (one file per channel, `/dev/shm/{prefix}-{a}-{b}`, plus
+//!   `{prefix}-bells` for futex doorbells; removed when the value is dropped); each
+//!   process calls [`host::ShmWorld::attach`]`(prefix, &cfg, rank)` with the same
+//!   config. The channel files are what a VM maps through ivshmem.
+//!   [`host::deadline_ms`] gives deadlines on the host clock.
 //!
 //! # Fuzzing
-//! [`fuzzing::rx_over_bytes`] runs the complete receive path (ring and matching) over
-//! an arbitrary byte buffer posing as the peer-written half of a channel region.
+//! [`fuzzing::rx_over_bytes`] runs the complete receive path (ring validation, matching,
+//! unexpected queue, posted receives) over an arbitrary byte buffer posing as the
+//! peer-written half of a channel region ([`fuzzing::GEOMETRY`]). It must never panic
+//! or hang, whatever the bytes.
 //!
 //! # Assumptions
 //! - The launcher (trusted) initialises each channel region with [`layout::init`]

@@ -608,7 +608,14 @@ impl<P: Platform> Endpoint<P> {
         {
             q.result = Some(Err(e.clone()));
         }
-        self.unexp.retain(|u| u.src != w || u.complete);
+        let reqs = &mut self.reqs;
+        self.unexp.retain(|u| {
+            let keep = u.src != w || u.complete;
+            if let (false, Some(Some(q))) = (keep, u.claimed.map(|i| reqs[i].as_mut())) {
+                q.result = Some(Err(e.clone()));
+            }
+            keep
+        });
         let reqs = &mut self.reqs;
         self.posted.retain(|&i| match reqs[i].as_mut() {
             Some(q) => match &q.kind {
@@ -920,6 +927,17 @@ impl<P: Platform> Endpoint<P> {
         true
     }
 
+    /// For a wildcard receive: an error if every member's channel has failed.
+    fn all_failed(&self, m: &Matcher) -> Option<Error> {
+        let mut err = None;
+        for &w in m.members.as_deref().unwrap_or(&[]) {
+            if let Some(l) = self.links.get(w as usize).and_then(|l| l.as_ref()) {
+                err = Some(l.failed.clone()?);
+            }
+        }
+        err
+    }
+
     /// Runs a blocking receive or probe to completion or deadline.
     fn run(&mut self, c: &mut Cur<'_>, dl: Deadline) -> Result<Status, Error> {
         // Queued sends keep moving while we wait (else two sendrecvs could deadlock).
@@ -949,6 +967,9 @@ impl<P: Platform> Endpoint<P> {
             }
             if c.done.is_some() {
                 break c.done.take();
+            }
+            if let Some(e) = self.all_failed(&c.m) {
+                break Some(Err(e));
             }
             if let Err(e) = self.pause(&mut w, dl, watch) {
                 break Some(Err(e));

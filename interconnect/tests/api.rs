@@ -342,3 +342,20 @@ fn error_codes_are_stable() {
         "timed out waiting for rank 3"
     );
 }
+
+#[test]
+fn wildcard_receive_fails_when_every_peer_is_dead() {
+    let mut eps = world(3);
+    let w = eps[0].world();
+    for peer in [1, 2] {
+        let region = eps[0].channel(peer).unwrap().region().clone();
+        layout::mark_dead(&region, 1); // the peer is side 1 (the higher rank)
+    }
+    let mut buf = [0u8; 1];
+    let r = eps[0].recv(&w, ANY_SOURCE, ANY_TAG, &mut buf, soon());
+    assert!(matches!(r, Err(Error::PeerDead { .. })), "{r:?}");
+    let r = eps[0]
+        .irecv(&w, 1, ANY_TAG, 1)
+        .and_then(|q| eps[0].wait(&q, soon()));
+    assert_eq!(r, Err(Error::PeerDead { rank: 1 }));
+}
