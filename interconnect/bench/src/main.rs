@@ -10,7 +10,9 @@
 //! Diagnostics (not part of the recorded figures): `--diag` adds a `ring` latency pair,
 //! the fabric's ring protocol alone (`ring::Channel`, no MPI layer) on a second channel
 //! (`--ring-slots N` changes its ring size); `--rawx BITS` adds a `rawx` pair, the raw
-//! pair plus chosen pieces of the ring's memory traffic (see `peer::Side::rawx_rtt`).
+//! pair plus chosen pieces of the ring's memory traffic (see `peer::Side::rawx_rtt`);
+//! `--diag` also streams through the memcpy baseline's buffers with the fabric's own
+//! copy routines (`shm::Region::write`/`read`) instead of memcpy (`volatile-copy`).
 //! Both are interleaved with the others like the main pairs.
 //!
 //! The process started by the user is the launcher: it creates the fabric's files with
@@ -54,7 +56,7 @@ impl Pair {
             Pair::Fabric => "fabric",
             Pair::Raw => "memcpy",
             Pair::Ring => "ring",
-            Pair::RawX => "rawx",
+            Pair::RawX => "volatile-copy",
         }
     }
 }
@@ -85,7 +87,7 @@ pub struct Opts {
     iters: usize,
     rounds: usize,
     sizes: Vec<usize>,
-    /// 64 KiB messages per streaming round.
+    /// 64 KiB messages per streaming measurement (`peer::BW_REPS` per round and pair).
     bw_msgs: usize,
     /// Also measure block mode (at 8 bytes).
     block: bool,
@@ -161,7 +163,7 @@ fn parse(args: &[String]) -> Result<(Opts, Option<(String, String)>), String> {
         iters: 20_000,
         rounds: 10,
         sizes: DEFAULT_SIZES.to_vec(),
-        bw_msgs: 8192,
+        bw_msgs: 2048,
         block: true,
         diag: false,
         ring_slots: None,

@@ -138,6 +138,8 @@ fn attach(files: &Files, rank: Rank) -> Result<Endpoint<BenchPlatform>, String> 
 const TAG_LAT: u32 = 1;
 const TAG_BW: u32 = 2;
 const TAG_ACK: u32 = 3;
+/// Streaming measurements (of each pair) per round.
+pub const BW_REPS: usize = 4;
 /// Block mode: ping's idle time before each round trip, nanoseconds.
 pub const IDLE_NS: u64 = 50_000;
 
@@ -150,6 +152,8 @@ struct Side {
     ring: Option<Channel>,
     /// `--rawx` bits.
     rawx: u32,
+    /// `--diag`: the raw file as an `interconnect::shm::Region` (the fabric's copies).
+    region: Option<interconnect::shm::Region>,
     /// Round trips done on the raw pair (both sides count alike).
     seq: u32,
     /// Streaming messages done on the raw pair.
@@ -426,26 +430,32 @@ impl Side {
             pattern(&mut self.src[..BW_SIZE], seed);
         }
         match (pair, self.ping) {
-            (Pair::Raw, true) => {
+            (Pair::Raw | Pair::RawX, true) => {
                 let (full, empty) = (self.raw.w64(BW_FULL), self.raw.w64(BW_EMPTY));
                 for k in self.bw..self.bw + n as u64 {
                     while k - empty.load(Acquire) >= 2 {
                         std::hint::spin_loop();
                     }
-                    self.raw.copy_in(slot(k), &self.src[..BW_SIZE]);
+                    match (&self.region, pair) {
+                        (Some(r), Pair::RawX) => r.write(slot(k), &self.src[..BW_SIZE]),
+                        _ => self.raw.copy_in(slot(k), &self.src[..BW_SIZE]),
+                    }
                     full.store(k + 1, Release);
                 }
                 while empty.load(Acquire) != self.bw + n as u64 {
                     std::hint::spin_loop();
                 }
             }
-            (Pair::Raw, false) => {
+            (Pair::Raw | Pair::RawX, false) => {
                 let (full, empty) = (self.raw.w64(BW_FULL), self.raw.w64(BW_EMPTY));
                 for k in self.bw..self.bw + n as u64 {
                     while full.load(Acquire) <= k {
                         std::hint::spin_loop();
                     }
-                    self.raw.copy_out(slot(k), &mut self.buf[..BW_SIZE]);
+                    match (&self.region, pair) {
+                        (Some(r), Pair::RawX) => r.read(slot(k), &mut self.buf[..BW_SIZE]),
+                        _ => self.raw.copy_out(slot(k), &mut self.buf[..BW_SIZE]),
+                    }
                     empty.store(k + 1, Release);
                 }
             }
@@ -461,7 +471,7 @@ impl Side {
                     return Err("fabric stream: receiver saw corrupted data".into());
                 }
             }
-            (Pair::Ring | Pair::RawX, _) => return Err("no streaming on diagnostic pairs".into()),
+            (Pair::Ring, _) => return Err("no streaming on the ring pair".into()),
             (Pair::Fabric, false) => {
                 for _ in 0..n {
                     self.ep
@@ -479,7 +489,7 @@ impl Side {
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        if pair == Pair::Raw {
+        if matches!(pair, Pair::Raw | Pair::RawX) {
             self.bw += n as u64;
             if !self.ping && n > 0 {
                 let mut expect = vec![0u8; BW_SIZE];
@@ -529,6 +539,7 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         world,
         ring,
         rawx: o.rawx.unwrap_or(0),
+        region: if o.diag { Some(map(&files.raw)?) } else { None },
         seq: 0,
         bw: 0,
         src: vec![0; max],
@@ -584,11 +595,22 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
                 }
             }
         }
-        for &pair in &order {
-            seed = seed.wrapping_add(1);
-            let secs = s.stream(pair, o.bw_msgs, seed)?;
-            if ping {
-                res.add_stream(pair, o.bw_msgs, secs);
+        // Streaming: BW_REPS back-to-back (memcpy, fabric) pairs per round, the order
+        // swapped each time; each pair of figures gives one ratio.
+        for rep in 0..BW_REPS {
+            let mut o2 = order.clone();
+            if o.diag {
+                o2.insert(1, Pair::RawX);
+            }
+            if rep % 2 == 1 {
+                o2.reverse();
+            }
+            for &pair in &o2 {
+                seed = seed.wrapping_add(1);
+                let secs = s.stream(pair, o.bw_msgs, seed)?;
+                if ping {
+                    res.add_stream(pair, o.bw_msgs, secs);
+                }
             }
         }
         if ping {

@@ -238,7 +238,7 @@ impl Results {
         let _ = writeln!(
             w,
             "one-way latency (round trip / 2), ns      fabric p50    p99   p99.9 |   raw \
-             p50    p99   p99.9 | fabric/raw p50 (rounds min-max)"
+             p50    p99   p99.9 | fabric/raw p50: median of rounds (min-max)"
         );
         for f in lat.iter().filter(|l| l.pair == Pair::Fabric) {
             let r = lat
@@ -262,7 +262,7 @@ impl Results {
                 rp50,
                 rp99,
                 rp999,
-                f.p50 / rp50.max(f64::MIN_POSITIVE),
+                median(&f.round_ratios),
                 lo,
                 hi
             );
@@ -290,10 +290,11 @@ impl Results {
         }
         let _ = writeln!(
             w,
-            "\nstreaming {} KiB messages ping -> pong, {} messages per round, median of \
-             rounds (MB = 10^6 bytes)",
+            "\nstreaming {} KiB messages ping -> pong, {} messages per measurement, {} \
+             measurements per pair and round, median (MB = 10^6 bytes)",
             BW_SIZE >> 10,
-            self.bw_msgs
+            self.bw_msgs,
+            crate::peer::BW_REPS
         );
         let _ = writeln!(
             w,
@@ -306,7 +307,7 @@ impl Results {
              buffering), a full/empty counter pair as the only handshake, receiver \
              memcpy's out into a private 64 KiB buffer"
         );
-        let base = bw.iter().find(|b| b.pair == Pair::Raw).map(|b| b.mb_per_s);
+        let base = bw.iter().find(|b| b.pair == Pair::Raw);
         for b in bw {
             let (lo, hi) = b
                 .rounds
@@ -314,14 +315,26 @@ impl Results {
                 .fold((f64::MAX, 0f64), |(a, c), &x| (a.min(x), c.max(x)));
             let _ = write!(
                 w,
-                "  {:6} {:8.0} MB/s (rounds {:.0}-{:.0})",
+                "  {:6} {:8.0} MB/s ({:.0}-{:.0})",
                 b.pair.bw_name(),
                 b.mb_per_s,
                 lo,
                 hi
             );
             if let (Pair::Fabric, Some(m)) = (b.pair, base) {
-                let _ = write!(w, "  = {:.0}% of memcpy", 100.0 * b.mb_per_s / m);
+                // Measurement i of both pairs ran back to back: ratio per pair of runs.
+                let r: Vec<f64> = b.rounds.iter().zip(&m.rounds).map(|(f, m)| f / m).collect();
+                let (lo, hi) = r
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(a, c), &x| (a.min(x), c.max(x)));
+                let _ = write!(
+                    w,
+                    "  = {:.0}% of memcpy (median of {} back-to-back pairs; {:.0}-{:.0}%)",
+                    100.0 * median(&r),
+                    r.len(),
+                    100.0 * lo,
+                    100.0 * hi
+                );
             }
             let _ = writeln!(w);
         }
