@@ -178,39 +178,46 @@ mod real {
         }
     }
 
-    /// Volatile copy from shared memory into a private buffer, 8 bytes at a time where
-    /// both sides allow it.
+    /// The widest word a volatile access moves: 16 bytes with SSE2 (host), else 8
+    /// (the soft-float guest target).
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    type Wide = core::arch::x86_64::__m128i;
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    type Wide = u64;
+    const W: usize = core::mem::size_of::<Wide>();
+
+    /// Volatile copy from shared memory into a private buffer, four wide words at a
+    /// time where the source is aligned.
     ///
     /// # Safety
     /// `src` must be valid for reads of `dst.len()` bytes.
     unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
         let n = dst.len();
+        let d = dst.as_mut_ptr();
         let mut i = 0;
-        if (src as usize).is_multiple_of(8) {
-            let d = dst.as_mut_ptr();
-            while i + 32 <= n {
-                // SAFETY: i+32 <= n, so all four 8-byte reads and writes are in bounds;
-                // src+i is 8-aligned; unaligned writes into the private buffer.
+        if (src as usize).is_multiple_of(W) {
+            while i + 4 * W <= n {
+                // SAFETY: i + 4W <= n: all reads and writes are in bounds; src+i is
+                // W-aligned (i is a multiple of W); unaligned writes to the private buffer.
                 unsafe {
-                    let s = src.add(i).cast::<u64>();
-                    let a = s.read_volatile();
-                    let b = s.add(1).read_volatile();
-                    let c = s.add(2).read_volatile();
-                    let e = s.add(3).read_volatile();
-                    let p = d.add(i).cast::<u64>();
-                    p.write_unaligned(a);
-                    p.add(1).write_unaligned(b);
-                    p.add(2).write_unaligned(c);
-                    p.add(3).write_unaligned(e);
+                    let s = src.add(i).cast::<Wide>();
+                    let v = [
+                        s.read_volatile(),
+                        s.add(1).read_volatile(),
+                        s.add(2).read_volatile(),
+                        s.add(3).read_volatile(),
+                    ];
+                    d.add(i).cast::<[Wide; 4]>().write_unaligned(v);
                 }
-                i += 32;
+                i += 4 * W;
             }
             while i + 8 <= n {
-                // SAFETY: in bounds as above.
+                // SAFETY: in bounds; src+i is 8-aligned.
                 unsafe {
-                    let v = src.add(i).cast::<u64>().read_volatile();
-                    d.add(i).cast::<u64>().write_unaligned(v);
-                }
+                    d.add(i)
+                        .cast::<u64>()
+                        .write_unaligned(src.add(i).cast::<u64>().read_volatile())
+                };
                 i += 8;
             }
         }
@@ -227,31 +234,28 @@ mod real {
     /// `dst` must be valid for writes of `src.len()` bytes.
     unsafe fn copy_in(dst: *mut u8, src: &[u8]) {
         let n = src.len();
+        let s = src.as_ptr();
         let mut i = 0;
-        if (dst as usize).is_multiple_of(8) {
-            let s = src.as_ptr();
-            while i + 32 <= n {
-                // SAFETY: i+32 <= n: in bounds; dst+i is 8-aligned.
+        if (dst as usize).is_multiple_of(W) {
+            while i + 4 * W <= n {
+                // SAFETY: i + 4W <= n: in bounds; dst+i is W-aligned.
                 unsafe {
-                    let p = s.add(i).cast::<u64>();
-                    let a = p.read_unaligned();
-                    let b = p.add(1).read_unaligned();
-                    let c = p.add(2).read_unaligned();
-                    let e = p.add(3).read_unaligned();
-                    let q = dst.add(i).cast::<u64>();
-                    q.write_volatile(a);
-                    q.add(1).write_volatile(b);
-                    q.add(2).write_volatile(c);
-                    q.add(3).write_volatile(e);
+                    let v = s.add(i).cast::<[Wide; 4]>().read_unaligned();
+                    let q = dst.add(i).cast::<Wide>();
+                    q.write_volatile(v[0]);
+                    q.add(1).write_volatile(v[1]);
+                    q.add(2).write_volatile(v[2]);
+                    q.add(3).write_volatile(v[3]);
                 }
-                i += 32;
+                i += 4 * W;
             }
             while i + 8 <= n {
-                // SAFETY: in bounds as above.
+                // SAFETY: in bounds; dst+i is 8-aligned.
                 unsafe {
-                    let v = s.add(i).cast::<u64>().read_unaligned();
-                    dst.add(i).cast::<u64>().write_volatile(v);
-                }
+                    dst.add(i)
+                        .cast::<u64>()
+                        .write_volatile(s.add(i).cast::<u64>().read_unaligned())
+                };
                 i += 8;
             }
         }

@@ -139,6 +139,21 @@ proptest! {
         }
     }
 
+    /// The volatile copies into and out of shared memory, at every alignment.
+    #[test]
+    fn region_copies_round_trip(off in 0usize..200, data in prop::collection::vec(any::<u8>(), 0..600), skew in 0usize..16) {
+        let r = interconnect::shm::Region::heap(1024);
+        r.write(off, &data);
+        let mut back = vec![0u8; data.len() + skew];
+        r.read(off, &mut back[skew..]);
+        prop_assert_eq!(&back[skew..], &data[..]);
+        let mut before = [0u8; 1];
+        if off > 0 {
+            r.read(off - 1, &mut before);
+            prop_assert_eq!(before[0], 0);
+        }
+    }
+
     /// Random bytes anywhere a peer can write: the receive path terminates without
     /// panicking.
     #[test]
