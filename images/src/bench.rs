@@ -580,6 +580,46 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// A shared mapping of `len` bytes of `file`, every page faulted in up front
+/// (`MAP_POPULATE`): a fresh worker process must not pay first-touch page faults
+/// inside the timed loop (the partitions' mappings are warm after the first round).
+fn map_populated(file: &File, len: usize) -> Result<Region> {
+    use std::os::fd::AsRawFd;
+    /// The mapping, unmapped when the last clone of the region goes.
+    struct Mapping {
+        addr: usize,
+        len: usize,
+    }
+    impl Drop for Mapping {
+        fn drop(&mut self) {
+            // SAFETY: addr/len are exactly a mapping made below, unmapped once.
+            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+        }
+    }
+    // SAFETY: a fresh shared mapping of an fd we own; the kernel picks the address.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    let keep: Arc<dyn interconnect::shm::Backing> = Arc::new(Mapping {
+        addr: ptr as usize,
+        len,
+    });
+    // SAFETY: page-aligned (so 64-byte aligned), `len` bytes, valid until `keep`
+    // (held by the region and its clones) is dropped; shared with other processes,
+    // which is what Region is for.
+    Ok(unsafe { Region::from_raw(ptr.cast(), len, Some(keep)) })
+}
+
 /// `vmpi bench-worker`: one side of a host-host or raw measurement. Rank 0 prints
 /// its samples (or `bw_ticks`).
 pub fn worker(w: &WorkerArgs) -> Result<u8> {
@@ -624,7 +664,7 @@ fn fabric_worker(w: &WorkerArgs, lat: bool) -> Result<Got> {
             .write(true)
             .open(&p)
             .with_context(|| format!("opening {p}"))?;
-        interconnect::shm::host::map_file(&f, len).with_context(|| format!("mapping {p}"))
+        map_populated(&f, len).with_context(|| format!("mapping {p}"))
     };
     let bells = open("bells", 2 * interconnect::layout::LINE)?;
     let region = open("0-1", cfg.geometry.region_len())?;
@@ -695,7 +735,7 @@ fn raw_worker(w: &WorkerArgs) -> Result<Got> {
         .open(&w.name)
         .with_context(|| format!("opening {}", w.name))?;
     let len = raw_len(w.size);
-    let r = interconnect::shm::host::map_file(&f, len).context("mapping the raw file")?;
+    let r = map_populated(&f, len).context("mapping the raw file")?;
     let inline = w.size <= RAW_INLINE;
     let cap = w.size.next_multiple_of(4096);
     let (mine, theirs) = if w.rank == 0 { (0, 8) } else { (8, 0) };
@@ -800,6 +840,21 @@ impl Vms {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        // Warm-up, discarded: every slot line and the whole data area of both
+        // directions written once, so that no first-touch fault (emulated under
+        // kvm_pvm) lands in a timed round.
+        for (size, count) in [(8, 2 * 256), (1 << 20, 4)] {
+            vms.measure(
+                Ask {
+                    bw: false,
+                    size,
+                    count,
+                    extra: 0,
+                },
+                interrupted,
+            )
+            .context("warm-up round")?;
         }
         let kids = qemu_children();
         let n = cpus();
