@@ -93,11 +93,11 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<String>,
     /// Timed round trips per latency measurement at 64 B and below (fewer for larger
-    /// messages, at least 200). Default 20000 (2000 with --quick).
+    /// messages, at least 200). Default 50000 (2000 with --quick).
     #[arg(long)]
     pub iters: Option<usize>,
     /// Rounds: every pair is measured once per size per round, interleaved.
-    /// Default 3 (1 with --quick).
+    /// Default 5 (1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Print one JSON array of records instead of the table.
@@ -161,11 +161,11 @@ impl Plan {
             v.push(1 << 20);
             v
         };
-        let iters = a.iters.unwrap_or(if a.quick { 2000 } else { 20_000 });
+        let iters = a.iters.unwrap_or(if a.quick { 2000 } else { 50_000 });
         if iters == 0 || iters > MAX_ITERS {
             bail!("--iters must be 1..={MAX_ITERS}");
         }
-        let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
+        let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 5 }).max(1);
         Ok(Plan {
             sizes,
             iters,
@@ -1188,7 +1188,7 @@ mod tests {
         let p = Plan::from(&args()).unwrap();
         assert_eq!(p.sizes.first(), Some(&8));
         assert_eq!(p.sizes.last(), Some(&(1 << 20)));
-        assert_eq!(p.iters(8), 20_000);
+        assert_eq!(p.iters(8), 50_000);
         assert_eq!(p.iters(1 << 20), 200);
         assert!(p.windows(8) <= 100 && p.windows(1 << 20) >= 2);
     }
