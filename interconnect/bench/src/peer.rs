@@ -547,7 +547,7 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         max: o.max_size(),
         tick,
     };
-    let overhead = if ping { sys::tsc_overhead() } else { 0 };
+    let resolution = if ping { sys::tsc_resolution() } else { 0 };
     // Handshake: pong attached to both pairs.
     if ping {
         let t = Instant::now();
@@ -561,7 +561,7 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         s.raw.w32(READY).store(1, Release);
     }
 
-    let mut res = Results::new(tick, overhead, o);
+    let mut res = Results::new(tick, resolution, o);
     let t_start = Instant::now();
     let mut seed = 0u32;
     for round in 0..o.rounds {

@@ -37,7 +37,7 @@ struct Series {
 /// Everything ping measured.
 pub struct Results {
     tick: f64,
-    overhead: u64,
+    resolution: u64,
     lat: Vec<Series>,
     bw: Vec<(Pair, Vec<f64>)>,
     rounds: usize,
@@ -72,10 +72,10 @@ fn size_name(z: usize) -> String {
 }
 
 impl Results {
-    pub fn new(tick: f64, overhead: u64, o: &Opts) -> Results {
+    pub fn new(tick: f64, resolution: u64, o: &Opts) -> Results {
         Results {
             tick,
-            overhead,
+            resolution,
             lat: Vec::new(),
             bw: Vec::new(),
             rounds: o.rounds,
@@ -207,12 +207,12 @@ impl Results {
             w,
             "fabric-bench: {} interleaved rounds (raw and fabric alternate, order swapped \
              every round), {} round trips per round up to 4 KiB (fewer above), {:.2} TSC \
-             ticks/ns, timer overhead {:.1} ns per sample (in both pairs), load average \
-             {}, {:.1} s",
+             ticks/ns, TSC resolution {:.1} ns (round trips are quantised to it), load \
+             average {}, {:.1} s",
             self.rounds,
             self.iters,
             self.tick,
-            self.overhead as f64 / self.tick,
+            self.resolution as f64 / self.tick,
             self.load,
             secs
         );
