@@ -7,13 +7,12 @@
 //! `Malformed`) and bumps the malformed counter the monitor reads.
 
 use crate::layout::{
-    self, Dir, Frag, Geometry, INLINE_MAX, KIND_ABORT, KIND_FRAG, KIND_INLINE, LINE, PAYLOAD, SEQ,
-    SLOT,
+    self, CTX, Dir, Frag, Geometry, INLINE_MAX, KIND_ABORT, KIND_FRAG, KIND_INLINE, LINE, PAYLOAD,
+    SEQ, TAG,
 };
 use crate::shm::Region;
 use crate::{Error, Rank};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use zerocopy::{FromBytes, IntoBytes};
 
 /// Envelope of a message at the head of a ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +52,7 @@ pub struct Rx {
     cur: Option<(Envelope, usize)>,
     peeked: Option<Slotv>,
     broken: bool,
+    wake_check: bool,
 }
 
 /// A decoded, validated slot.
@@ -61,7 +61,7 @@ struct Slotv {
     env: Envelope,
     kind: u32,
     frag: Frag,
-    inline: [u8; INLINE_MAX],
+    inline: [u64; 2],
 }
 
 /// Both halves of one channel, plus the control and liveness words.
@@ -112,6 +112,7 @@ impl Channel {
             cur: None,
             peeked: None,
             broken: false,
+            wake_check: false,
         };
         Ok(Channel {
             r: region,
@@ -226,14 +227,17 @@ impl Tx {
             && head - self.data_tail <= u64::from(self.g.data_len))
     }
 
-    fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: &[u8]) {
+    /// Writes the slot word by word (no byte loops), the sequence word last.
+    fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: [u64; 2]) {
         let off = self.d.slots + LINE * (self.head & (u64::from(self.g.slots) - 1)) as usize;
-        let mut hdr = [0u8; 12];
-        hdr[0..4].copy_from_slice(&tag.to_le_bytes());
-        hdr[4..8].copy_from_slice(&ctx.to_le_bytes());
-        hdr[8..12].copy_from_slice(&(len as u32 | kind << 30).to_le_bytes());
-        self.r.write(off + 4, &hdr);
-        self.r.write(off + PAYLOAD, payload);
+        self.r.store32(off + TAG, tag, Relaxed);
+        self.r.store64(
+            off + CTX,
+            u64::from(ctx) | u64::from(len as u32 | kind << 30) << 32,
+            Relaxed,
+        );
+        self.r.store64(off + PAYLOAD, payload[0], Relaxed);
+        self.r.store64(off + PAYLOAD + 8, payload[1], Relaxed);
         self.head += 1;
         // Last, and a full barrier, so that `peer_waiting` reads the flag after it.
         self.r.swap32(off + SEQ, self.head as u32);
@@ -262,7 +266,14 @@ impl Tx {
         }
         if data.len() <= INLINE_MAX {
             self.slot_credit()?;
-            self.publish(tag, ctx, data.len(), KIND_INLINE, data);
+            let mut b = [0u8; INLINE_MAX];
+            b[..data.len()].copy_from_slice(data);
+            let (lo, hi) = b.split_at(8);
+            let words = [
+                u64::from_le_bytes(lo.try_into().unwrap_or_default()),
+                u64::from_le_bytes(hi.try_into().unwrap_or_default()),
+            ];
+            self.publish(tag, ctx, data.len(), KIND_INLINE, words);
             *done = data.len();
             return Ok(());
         }
@@ -284,12 +295,8 @@ impl Tx {
             );
             self.data_head = pos + rounded;
             self.r.store64(self.d.data_head(), self.data_head, Release);
-            let f = Frag {
-                pos,
-                chunk: chunk as u32,
-                offset: *done as u32,
-            };
-            self.publish(tag, ctx, data.len(), KIND_FRAG, f.as_bytes());
+            let desc = [pos, chunk as u64 | (*done as u64) << 32];
+            self.publish(tag, ctx, data.len(), KIND_FRAG, desc);
             *done += chunk;
             self.inflight = *done < data.len();
         }
@@ -300,7 +307,7 @@ impl Tx {
     pub fn abort(&mut self) -> Result<(), Error> {
         if self.inflight {
             self.slot_credit()?;
-            self.publish(0, 0, 0, KIND_ABORT, &[]);
+            self.publish(0, 0, 0, KIND_ABORT, [0; 2]);
             self.inflight = false;
         }
         Ok(())
@@ -359,20 +366,20 @@ impl Rx {
             }
             return Err(self.malformed("slot sequence", seq.into()));
         }
-        let mut b = [0u8; SLOT];
-        self.r.read(off, &mut b);
-        let s = layout::Slot::read_from_bytes(&b).map_err(|_| Error::Malformed {
-            rank: self.peer,
-            what: "slot",
-            value: 0,
-        })?;
+        let tag = self.r.load32(off + TAG, Relaxed);
+        let w = self.r.load64(off + CTX, Relaxed);
+        let payload = [
+            self.r.load64(off + PAYLOAD, Relaxed),
+            self.r.load64(off + PAYLOAD + 8, Relaxed),
+        ];
+        let len_kind = (w >> 32) as u32;
         let env = Envelope {
-            tag: s.tag,
-            ctx: s.ctx,
-            len: (s.len_kind & ((1 << 30) - 1)) as usize,
+            tag,
+            ctx: w as u32,
+            len: (len_kind & ((1 << 30) - 1)) as usize,
         };
         let mut frag = Frag::default();
-        let kind = s.len_kind >> 30;
+        let kind = len_kind >> 30;
         match kind {
             KIND_INLINE if env.len <= INLINE_MAX => {}
             KIND_INLINE => return Err(self.malformed("inline length", env.len as u64)),
@@ -381,11 +388,11 @@ impl Rx {
                 if env.len > self.g.max_msg as usize || env.len <= INLINE_MAX {
                     return Err(self.malformed("message length", env.len as u64));
                 }
-                frag = Frag::read_from_bytes(&s.payload[..16]).map_err(|_| Error::Malformed {
-                    rank: self.peer,
-                    what: "frag",
-                    value: 0,
-                })?;
+                frag = Frag {
+                    pos: payload[0],
+                    chunk: payload[1] as u32,
+                    offset: (payload[1] >> 32) as u32,
+                };
                 let dl = u64::from(self.g.data_len);
                 let (pos, chunk) = (frag.pos, u64::from(frag.chunk));
                 let rounded = chunk.next_multiple_of(LINE as u64);
@@ -414,7 +421,7 @@ impl Rx {
             env,
             kind,
             frag,
-            inline: s.payload,
+            inline: payload,
         };
         self.peeked = Some(sv);
         Ok(Some(sv))
@@ -423,12 +430,23 @@ impl Rx {
     fn consume(&mut self, sv: &Slotv) {
         self.peeked = None;
         self.next += 1;
-        if sv.kind == KIND_FRAG {
+        let frag = sv.kind == KIND_FRAG;
+        if frag {
             self.data_tail = sv.frag.pos + u64::from(sv.frag.chunk).next_multiple_of(LINE as u64);
             self.r.store64(self.d.data_tail(), self.data_tail, Release);
         }
-        // A full barrier before `peer_waiting` reads the sender's flag.
-        self.r.swap64(self.d.consumed(), self.next);
+        // The sender can be blocked for credit only if the ring is full (then the next
+        // slot is already published) or it waits for data-area space (a fragment was
+        // just freed). Only then the full barrier before `peer_waiting` reads its flag;
+        // small messages in request/reply traffic skip it. (A store of ours delayed
+        // past that check costs at most the bounded re-check of a sleeping sender.)
+        let next = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
+        self.wake_check = frag || self.r.load32(next + SEQ, Relaxed) == (self.next + 1) as u32;
+        if self.wake_check {
+            self.r.swap64(self.d.consumed(), self.next);
+        } else {
+            self.r.store64(self.d.consumed(), self.next, Release);
+        }
     }
 
     /// The envelope of the next message, without consuming it. `Ok(None)`: nothing yet.
@@ -484,7 +502,10 @@ impl Rx {
                 }
                 KIND_INLINE if got == 0 => {
                     let n = env.len.min(dst.len());
-                    dst[..n].copy_from_slice(&s.inline[..n]);
+                    let mut b = [0u8; INLINE_MAX];
+                    b[..8].copy_from_slice(&s.inline[0].to_le_bytes());
+                    b[8..].copy_from_slice(&s.inline[1].to_le_bytes());
+                    dst[..n].copy_from_slice(&b[..n]);
                     self.consume(&s);
                     return Ok(Some(env.len));
                 }
@@ -525,6 +546,6 @@ impl Rx {
 
     /// After consuming: true if the sender announced it is blocking for credit.
     pub fn peer_waiting(&self) -> bool {
-        self.r.load32(self.d.tx_waiting(), SeqCst) != 0
+        self.wake_check && self.r.load32(self.d.tx_waiting(), SeqCst) != 0
     }
 }
