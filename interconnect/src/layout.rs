@@ -193,8 +193,8 @@ pub const SEQ: usize = offset_of!(Slot, seq);
 pub const TAG: usize = offset_of!(Slot, tag);
 /// Offset of a slot's ctx; `len_kind` follows it in the same 8-byte word.
 pub const CTX: usize = offset_of!(Slot, ctx);
-const _: () = assert!(CTX % 8 == 0 && offset_of!(Slot, len_kind) == CTX + 4);
-const _: () = assert!(offset_of!(Slot, payload) % 8 == 0 && offset_of!(Frag, chunk) == 8);
+const _: () = assert!(CTX.is_multiple_of(8) && offset_of!(Slot, len_kind) == CTX + 4);
+const _: () = assert!(PAYLOAD.is_multiple_of(8) && offset_of!(Frag, chunk) == 8);
 /// Offset of the payload within a slot.
 pub const PAYLOAD: usize = offset_of!(Slot, payload);
 
