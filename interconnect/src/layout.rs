@@ -422,3 +422,61 @@ impl Meter {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_aligned_disjoint_and_inside_the_region() {
+        for g in [
+            Geometry::default(),
+            Geometry {
+                slots: 2,
+                data_len: 4096,
+                max_msg: 1,
+            },
+        ] {
+            let (d0, d1) = (g.dir(0), g.dir(1));
+            let mut blocks = [
+                (0, LINE),
+                (LINE, LINE),
+                (d0.prod, LINE),
+                (d0.cons, LINE),
+                (d0.wake, LINE),
+                (d1.prod, LINE),
+                (d1.cons, LINE),
+                (d1.wake, LINE),
+                (SLOTS, LINE * g.slots as usize),
+                (d0.data, g.data_len as usize),
+                (d1.data, g.data_len as usize),
+            ];
+            blocks.sort();
+            for w in blocks.windows(2) {
+                assert_eq!(w[0].0 + w[0].1, w[1].0, "blocks tile the region");
+            }
+            assert!(blocks.iter().all(|b| b.0 % LINE == 0));
+            let last = blocks[blocks.len() - 1];
+            assert_eq!(last.0 + last.1, g.region_len());
+            // Slot i of direction 1 is the second half of slot i's line.
+            assert_eq!(d1.slots, d0.slots + SLOT);
+        }
+    }
+
+    #[test]
+    fn geometry_errors_name_the_value() {
+        let g = Geometry {
+            slots: 0,
+            ..Geometry::default()
+        };
+        assert_eq!(
+            g.validate(),
+            Err(Error::config("ring slots (power of two, 2..=65536)", 0))
+        );
+        let g = Geometry {
+            max_msg: 0,
+            ..Geometry::default()
+        };
+        assert!(matches!(g.validate(), Err(Error::InvalidConfig { value, .. }) if value == "0"));
+    }
+}

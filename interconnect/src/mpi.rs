@@ -403,6 +403,10 @@ impl<P: Platform> Endpoint<P> {
     pub fn platform(&self) -> &P {
         &self.p
     }
+    /// The platform, mutably (e.g. to tune spinning).
+    pub fn platform_mut(&mut self) -> &mut P {
+        &mut self.p
+    }
     /// A deadline `ms` milliseconds from now.
     pub fn after_ms(&self, ms: u64) -> Deadline {
         Deadline(self.p.now().saturating_add(ms.saturating_mul(1_000_000)))
