@@ -112,6 +112,9 @@ pub struct BenchArgs {
     /// Skip the MPICH baseline.
     #[arg(long)]
     pub no_mpich: bool,
+    /// Use the partition image as built (default: `cargo build` it first).
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// A host side of one measurement (`vmpi bench-worker`, hidden).
@@ -1057,7 +1060,9 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     };
     let poll_sys = system(POLL_SPIN_US)?;
     let block_sys = system(BLOCK_SPIN_US)?;
-    images::build(&poll_sys, &parts)?;
+    if !a.no_build {
+        images::build(&poll_sys, &parts)?;
+    }
     let opts = UpOptions {
         qemu: qemu::find_or_install_qemu()?,
         uhyve: None,
@@ -1180,6 +1185,7 @@ mod tests {
             svg: None,
             accel: "auto".into(),
             no_mpich: false,
+            no_build: false,
         }
     }
 
