@@ -157,6 +157,44 @@ pub fn groups_value(sys: &System, rank: usize) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(";"))
 }
 
+/// Where the monitor partition sees the channels and the control region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSlots {
+    /// `(channel index, PCI slot)` for every channel of the system: the monitor's own
+    /// channels in their slots (ivshmem id 0 or 1), the others after them (id 2).
+    pub watch: Vec<(usize, u8)>,
+    /// PCI slot of the control region (`ivshmem-plain`), after every channel.
+    pub control: u8,
+}
+
+/// The monitor partition's slots, if the system has a monitor partition.
+///
+/// Its command line then carries, after its own `ch=` words:
+/// - `watch=SLOT:LO:HI` per channel (the two ends' world ranks, lower first), which the
+///   monitor meters and revokes (edge `LO → HI` is direction 0);
+/// - `control=SLOT`: the control region shared with the launcher
+///   (`crate::control_region`);
+/// - `period_ms=N` and `on_flood=kill|revoke|report` from `[monitor]`.
+pub fn monitor_slots(sys: &System) -> Option<MonitorSlots> {
+    let m = sys.monitor.partition?;
+    let mut next = 1 + sys.channels_of(m).count() as u8;
+    let watch: Vec<(usize, u8)> = sys
+        .channels
+        .iter()
+        .map(|c| match c.end_of(m) {
+            Some(side) => (c.index, c.slots[side]),
+            None => {
+                next += 1;
+                (c.index, next - 1)
+            }
+        })
+        .collect();
+    Some(MonitorSlots {
+        watch,
+        control: next,
+    })
+}
+
 /// Every word of partition `rank`'s command line.
 pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
     let p = &sys.partitions[rank];
@@ -174,7 +212,17 @@ pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
             v.push(format!("ch={arg}"));
         }
     }
-    let channels = sys.channels_of(rank).count();
+    let mut channels = sys.channels_of(rank).count();
+    if let Some(m) = monitor_slots(sys).filter(|_| sys.monitor.partition == Some(rank)) {
+        for &(c, slot) in &m.watch {
+            let [lo, hi] = sys.channels[c].ends;
+            v.push(format!("watch={slot}:{lo}:{hi}"));
+        }
+        v.push(format!("control={}", m.control));
+        v.push(format!("period_ms={}", sys.monitor.period_ms));
+        v.push(format!("on_flood={}", sys.monitor.on_flood.name()));
+        channels = m.watch.len() + 1;
+    }
     if channels > 0 {
         v.push(format!("{}={channels}", abi::key::NEED_SHM));
         v.push(format!("{}=1", abi::key::NEED_DOORBELL));
@@ -192,6 +240,16 @@ pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
 /// (`abi::MAX_ARGS` words, `abi::MAX_CMDLINE` bytes), with the longest TSC value.
 pub fn check_fits(sys: &System, rank: usize) -> Result<(), String> {
     let args = guest_args(sys, rank, u64::MAX);
+    if let Some(m) = monitor_slots(sys).filter(|_| sys.monitor.partition == Some(rank))
+        && m.watch.len() + 1 > abi::MAX_SHM
+    {
+        return Err(format!(
+            "the monitor `{}` maps every channel and the control region ({} devices); the runtime maps at most {}",
+            sys.partitions[rank].name,
+            m.watch.len() + 1,
+            abi::MAX_SHM
+        ));
+    }
     let bytes = args.iter().map(|a| a.len() + 1).sum::<usize>();
     if args.len() > abi::MAX_ARGS {
         return Err(format!(
@@ -253,7 +311,14 @@ mod tests {
         let names = guest_args(&sys, 1, 1).join(" ");
         assert!(names.contains(" ch=2:3:0:16384:0:-:0-15 "), "{names}");
         let monitor = guest_args(&sys, 4, 1).join(" ");
-        assert_eq!(monitor, "vmpi=1 name=monitor rank=4 size=5 tsc_khz=1");
+        // The monitor sees every channel (ids 0/1 on its own, 2 on the others, none
+        // here) and the control region after them.
+        assert_eq!(
+            monitor,
+            "vmpi=1 name=monitor rank=4 size=5 watch=1:0:1 watch=2:0:2 watch=3:1:3 \
+             watch=4:2:3 control=5 period_ms=100 on_flood=kill need_shm=5 need_doorbell=1 \
+             tsc_khz=1"
+        );
     }
 
     #[test]

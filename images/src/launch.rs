@@ -10,9 +10,13 @@
 //!   `$TMPDIR/vmpi-PID/qmp-NAME.sock`: partition `NAME`'s QMP socket;
 //! - `LOG_DIR/NAME.log`: partition `NAME`'s serial log (kept).
 //!
-//! `on_fault = "restart"` is carried out here for now; once the monitor partition
-//! runs, the launcher will instead report exits to it (`monitor::control`) and carry
-//! out its `Kill`/`Restart` commands ([`qmp_quit`], then a signal), deciding nothing.
+//! Without a monitor partition, `on_fault = "restart"` is carried out here. With one
+//! (`[monitor] partition`), the launcher decides nothing: it maps every channel into
+//! the monitor too (ivshmem id 2) with a control region
+//! (`/dev/shm/vmpi-PID-control`, [`crate::control_region`]) holding the rights table,
+//! polls that region every millisecond without ever blocking on it, carries out the
+//! monitor's `Kill` (SIGKILL, then `layout::mark_dead` on the partition's channels)
+//! and `Restart` commands, and reports every exit back (`LauncherEvent::Exited`).
 //!
 //! QEMUs run in their own process group (a terminal's Ctrl-C reaches vmpi only,
 //! which then stops them) with `PR_SET_PDEATHSIG` = `SIGKILL` (if vmpi itself is
@@ -30,8 +34,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::control_region::{ControlRegion, Garbage, Received};
 use crate::doorbell::{ChannelSpec, DoorbellError, DoorbellServer, Event};
-use crate::guest_args::guest_args;
+use crate::guest_args::{guest_args, monitor_slots};
 use crate::images::ImageError;
 use crate::manifest::{Channel, FaultPolicy, Hypervisor, System, human_bytes};
 use crate::qemu::{Accel, HostError, VmPaths};
@@ -108,6 +113,8 @@ pub enum Outcome {
     NoStatus(i32),
     /// Killed by a signal vmpi did not send.
     Signal(i32),
+    /// Killed on the monitor partition's command.
+    Killed,
 }
 
 impl Outcome {
@@ -125,7 +132,7 @@ impl Outcome {
     pub fn is_fault(self) -> bool {
         match self {
             Self::Status(v) => v > abi::exit::SERVICE_MAX,
-            Self::Stopped => false,
+            Self::Stopped | Self::Killed => false,
             Self::NoStatus(_) | Self::Signal(_) => true,
         }
     }
@@ -136,6 +143,7 @@ impl Outcome {
             Self::Status(0) => 0,
             Self::Stopped => 1,
             Self::Status(v) if v <= abi::exit::SERVICE_MAX => 2,
+            Self::Killed => 2,
             Self::Status(_) => 3,
             Self::NoStatus(_) | Self::Signal(_) => 4,
         }
@@ -147,6 +155,7 @@ impl Outcome {
             Self::Status(v) => v,
             Self::Stopped if interrupted => 130,
             Self::Stopped => 124,
+            Self::Killed => 137,
             Self::NoStatus(_) | Self::Signal(_) => 125,
         }
     }
@@ -160,6 +169,7 @@ impl std::fmt::Display for Outcome {
             Self::NoStatus(0) => f.write_str("no status (QEMU exit 0: triple fault or shutdown)"),
             Self::NoStatus(c) => write!(f, "no status (hypervisor exit code {c})"),
             Self::Signal(s) => write!(f, "killed by signal {s}"),
+            Self::Killed => f.write_str("killed on the monitor's verdict"),
         }
     }
 }
@@ -256,6 +266,24 @@ pub fn sweep_stale() -> Vec<PathBuf> {
     removed
 }
 
+/// Path of the monitor's control region in run `pid`.
+pub fn control_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/vmpi-{pid}-control"))
+}
+
+/// The word [`LauncherEvent::Exited`](monitor::control::LauncherEvent) carries: the
+/// guest status (0..=255), `0x100 | code` for a hypervisor exit without guest status,
+/// `0x200 | signal` for a signal (a monitor kill is `0x200 | 9`).
+pub fn exit_word(o: Outcome) -> u32 {
+    match o {
+        Outcome::Status(v) => u32::from(v),
+        Outcome::Stopped => 0x200 | libc::SIGTERM as u32,
+        Outcome::NoStatus(c) => 0x100 | (c as u32 & 0xff),
+        Outcome::Signal(s) => 0x200 | (s as u32 & 0xff),
+        Outcome::Killed => 0x200 | libc::SIGKILL as u32,
+    }
+}
+
 /// Path of channel `c`'s shared-memory file in run `pid`.
 pub fn shm_path(pid: u32, c: usize) -> PathBuf {
     PathBuf::from(format!("/dev/shm/vmpi-{pid}-{c}"))
@@ -342,8 +370,11 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
         source,
     })?;
 
-    // Channels: one file each, then one doorbell socket per end.
+    // Channels: one file each, then one doorbell socket per end (and one for the
+    // monitor partition on every channel it is not an end of).
     let sock = |c: usize, e: usize| run_dir.join(format!("ch{c}-{e}.sock"));
+    let watcher = sys.monitor.partition;
+    let mut regions = Vec::new();
     let mut specs = Vec::new();
     for c in &sys.channels {
         let path = shm_path(pid, c.index);
@@ -366,11 +397,50 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             path: path.clone(),
             source,
         })?;
-        specs.push(ChannelSpec {
-            shm: file,
-            sockets: vec![sock(c.index, 0), sock(c.index, 1)],
-        });
+        if watcher.is_some() {
+            let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
+            let region = interconnect::shm::host::map_file(&file, len).map_err(|source| {
+                LaunchError::File {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            regions.push(region);
+        }
+        let mut sockets = vec![sock(c.index, 0), sock(c.index, 1)];
+        if watcher.is_some_and(|m| c.end_of(m).is_none()) {
+            sockets.push(sock(c.index, 2));
+        }
+        specs.push(ChannelSpec { shm: file, sockets });
     }
+    // The monitor's control region: the rights table, commands and exit reports.
+    let mut control = None;
+    if watcher.is_some() {
+        let path = control_path(pid);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|source| LaunchError::File {
+                path: path.clone(),
+                source,
+            })?;
+        run.shm.push(path.clone());
+        let mapped = file
+            .set_len(crate::control_region::BYTES)
+            .and_then(|()| {
+                interconnect::shm::host::map_file(&file, crate::control_region::BYTES as usize)
+            })
+            .and_then(|r| ControlRegion::init(r, &sys.rights.encode()))
+            .map_err(|source| LaunchError::File {
+                path: path.clone(),
+                source,
+            })?;
+        control = Some(mapped);
+    }
+    let mut reports: Vec<monitor::control::LauncherEvent> = Vec::new();
+    let mut monitor_said_ready = false;
     let (tx, events) = mpsc::channel();
     if !specs.is_empty() {
         run.server = Some(DoorbellServer::start(specs, tx)?);
@@ -384,7 +454,10 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             child: None,
             qmp: run_dir.join(format!("qmp-{}.sock", p.name)),
             started: t0,
-            channels: sys.channels_of(p.rank).count(),
+            channels: match monitor_slots(sys).filter(|_| watcher == Some(p.rank)) {
+                Some(m) => m.watch.len(),
+                None => sys.channels_of(p.rank).count(),
+            },
             connected: 0,
             up: false,
             restarts: 0,
@@ -418,16 +491,21 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             break;
         }
         // Wait a little for doorbell news, then take all there is.
-        let first = events.recv_timeout(Duration::from_millis(10)).ok();
+        let tick = if control.is_some() { 1 } else { 10 };
+        let first = events.recv_timeout(Duration::from_millis(tick)).ok();
         for ev in first.into_iter().chain(events.try_iter()) {
             match ev {
                 Event::Connected { channel, peer } => {
-                    let rank = sys.channels[channel].ends[peer];
-                    run.vms[rank].connected += 1;
+                    let ends = sys.channels[channel].ends;
+                    if let Some(rank) = ends.get(peer).copied().or(watcher) {
+                        run.vms[rank].connected += 1;
+                    }
                 }
                 Event::Disconnected { channel, peer } => {
-                    let rank = sys.channels[channel].ends[peer];
-                    run.vms[rank].connected = run.vms[rank].connected.saturating_sub(1);
+                    let ends = sys.channels[channel].ends;
+                    if let Some(rank) = ends.get(peer).copied().or(watcher) {
+                        run.vms[rank].connected = run.vms[rank].connected.saturating_sub(1);
+                    }
                 }
                 Event::Refused { channel, peer } => {
                     say(&format!(
@@ -437,6 +515,25 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             }
         }
         mark_up(sys, &mut run.vms, t0, &mut all_up);
+        if let Some(ctl) = control.as_mut() {
+            if !monitor_said_ready && let Some(t) = ctl.monitor_ready() {
+                monitor_said_ready = true;
+                say(&format!("monitor: metering since its clock {t} ns"));
+            }
+            for got in ctl.poll() {
+                match got {
+                    Ok(r) => {
+                        carry_out(sys, opts, &run_dir, &mut run.vms, &regions, r, &mut reports)?
+                    }
+                    Err(Garbage::Head(h)) => say(&format!(
+                        "monitor: control queue head {h} is impossible; ignored"
+                    )),
+                    Err(Garbage::Record(e)) => {
+                        say(&format!("monitor: refused a control record ({e})"))
+                    }
+                }
+            }
+        }
         for i in 0..run.vms.len() {
             let Some(child) = run.vms[i].child.as_mut() else {
                 continue;
@@ -457,7 +554,14 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                 p.name,
                 vm.started.elapsed().as_millis()
             ));
+            if watcher.is_some() && watcher != Some(vm.rank) {
+                reports.push(monitor::control::LauncherEvent::Exited {
+                    id: monitor::PartitionId::new(vm.rank as u16, vm.restarts as u16),
+                    status: exit_word(outcome),
+                });
+            }
             if let FaultPolicy::Restart { max } = p.on_fault
+                && watcher.is_none()
                 && outcome.is_fault()
                 && vm.restarts < max
             {
@@ -468,6 +572,10 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                 ));
                 spawn(sys, opts, &run_dir, vm, true)?;
             }
+        }
+        if let Some(ctl) = control.as_mut() {
+            let sent = reports.iter().take_while(|ev| ctl.report(**ev)).count();
+            reports.drain(..sent);
         }
         if run.vms.iter().all(|v| v.child.is_none()) {
             break;
@@ -493,6 +601,88 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
         interrupted,
         timed_out,
     })
+}
+
+/// Carries out one command of the monitor partition. A kill is SIGKILL (the guest is
+/// hostile: no QMP round trip), the reaping of the VM, then its channels' alive words
+/// set to dead; the exit is reported back like any other.
+fn carry_out(
+    sys: &System,
+    opts: &UpOptions,
+    run_dir: &Path,
+    vms: &mut [Vm],
+    regions: &[interconnect::shm::Region],
+    r: Received,
+    reports: &mut Vec<monitor::control::LauncherEvent>,
+) -> Result<(), LaunchError> {
+    use monitor::control::Command as Cmd;
+    let seen = Instant::now();
+    let (Cmd::Kill(id) | Cmd::Restart(id)) = r.command;
+    let rank = usize::from(id.index);
+    let Some(vm) = vms
+        .get_mut(rank)
+        .filter(|_| Some(rank) != sys.monitor.partition)
+    else {
+        say(&format!(
+            "monitor: {:?} names no partition it may command; ignored",
+            r.command
+        ));
+        return Ok(());
+    };
+    let name = &sys.partitions[rank].name;
+    match r.command {
+        Cmd::Kill(_) => {
+            if u32::from(id.generation) != vm.restarts {
+                say(&format!(
+                    "monitor: kill {name} generation {} is stale; ignored",
+                    id.generation
+                ));
+                return Ok(());
+            }
+            let Some(mut child) = vm.child.take() else {
+                return Ok(()); // already gone; its exit was reported
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            let gone = seen.elapsed();
+            for c in sys.channels_of(rank) {
+                if let (Some(side), Some(region)) = (c.end_of(rank), regions.get(c.index)) {
+                    interconnect::layout::mark_dead(region, side);
+                }
+            }
+            for h in vm.readers.drain(..) {
+                let _ = h.join();
+            }
+            vm.outcome = Some(Outcome::Killed);
+            say(&format!(
+                "kill: {name} (generation {}) on the monitor's command (monitor clock {} ns): \
+                 VM gone {} us after the launcher read it; channels marked dead",
+                id.generation,
+                r.monitor_ns,
+                gone.as_micros()
+            ));
+            reports.push(monitor::control::LauncherEvent::Exited {
+                id,
+                status: exit_word(Outcome::Killed),
+            });
+        }
+        Cmd::Restart(_) => {
+            if vm.child.is_some() || u32::from(id.generation) != vm.restarts + 1 {
+                say(&format!(
+                    "monitor: restart {name} generation {} refused (running or not next)",
+                    id.generation
+                ));
+                return Ok(());
+            }
+            vm.restarts += 1;
+            say(&format!(
+                "restart: {name} as generation {} on the monitor's command",
+                id.generation
+            ));
+            spawn(sys, opts, run_dir, vm, true)?;
+        }
+    }
+    Ok(())
 }
 
 fn mark_up(sys: &System, vms: &mut [Vm], t0: Instant, said: &mut bool) {
@@ -528,7 +718,7 @@ fn spawn(
 ) -> Result<(), LaunchError> {
     let p = &sys.partitions[vm.rank];
     let args = guest_args(sys, vm.rank, opts.tsc_khz);
-    let (program, argv) = match p.hypervisor {
+    let (program, mut argv) = match p.hypervisor {
         Hypervisor::Qemu => {
             let paths = VmPaths {
                 image: opts.images[vm.rank].clone(),
@@ -560,6 +750,15 @@ fn spawn(
             )
         }
     };
+    if let Some(m) = monitor_slots(sys).filter(|_| sys.monitor.partition == Some(vm.rank)) {
+        let pid = std::process::id();
+        argv.extend(crate::qemu::monitor_devices(
+            sys,
+            &m,
+            run_dir,
+            &control_path(pid),
+        ));
+    }
     let log_path = opts.log_dir.join(format!("{}.log", p.name));
     let mut log = File::options()
         .create(true)

@@ -7,6 +7,7 @@
 //! - Partition images are PVH ELFs built by the `partitions/` workspace.
 #![deny(missing_docs)]
 
+pub mod control_region;
 pub mod describe;
 pub mod doorbell;
 pub mod graph;

@@ -233,6 +233,44 @@ pub fn qemu_args(
     a
 }
 
+/// The monitor partition's extra QEMU arguments: an `ivshmem-doorbell` device (as
+/// ivshmem peer id 2, socket `chC-2.sock` in `run_dir`) for every channel it is not
+/// an end of, and the control region as an `ivshmem-plain` device.
+pub fn monitor_devices(
+    sys: &System,
+    slots: &crate::guest_args::MonitorSlots,
+    run_dir: &Path,
+    control: &Path,
+) -> Vec<String> {
+    let mut a = Vec::new();
+    let m = sys.monitor.partition;
+    for &(c, slot) in &slots.watch {
+        if m.is_some_and(|m| sys.channels[c].end_of(m).is_some()) {
+            continue; // its own channel: already a device
+        }
+        let sock = run_dir.join(format!("ch{c}-2.sock"));
+        a.push("-chardev".to_string());
+        a.push(format!("socket,path={},id=watch{c}", sock.display()));
+        a.push("-device".to_string());
+        a.push(format!(
+            "ivshmem-doorbell,chardev=watch{c},vectors={},addr={slot}",
+            crate::doorbell::VECTORS
+        ));
+    }
+    a.push("-object".to_string());
+    a.push(format!(
+        "memory-backend-file,id=control,size={},mem-path={},share=on",
+        crate::control_region::BYTES,
+        control.display()
+    ));
+    a.push("-device".to_string());
+    a.push(format!(
+        "ivshmem-plain,memdev=control,addr={}",
+        slots.control
+    ));
+    a
+}
+
 /// uhyve's arguments (without the binary) for partition `rank` (no channels).
 pub fn uhyve_args(sys: &System, rank: usize, image: &Path, args: &[String]) -> Vec<String> {
     let p = &sys.partitions[rank];
@@ -274,6 +312,23 @@ mod tests {
         );
         let t = qemu_args(&sys, 4, Accel::Tcg, &paths, "").join(" ");
         assert!(t.contains("-accel tcg") && !t.contains("ivshmem"), "{t}");
+    }
+
+    #[test]
+    fn monitor_maps_every_channel_and_the_control_region() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/five.toml");
+        let sys = crate::manifest::load(&path).unwrap();
+        let slots = crate::guest_args::monitor_slots(&sys).unwrap();
+        let a = monitor_devices(&sys, &slots, Path::new("/r"), Path::new("/dev/shm/c")).join(" ");
+        assert_eq!(
+            a,
+            "-chardev socket,path=/r/ch0-2.sock,id=watch0 -device ivshmem-doorbell,chardev=watch0,vectors=2,addr=1 \
+             -chardev socket,path=/r/ch1-2.sock,id=watch1 -device ivshmem-doorbell,chardev=watch1,vectors=2,addr=2 \
+             -chardev socket,path=/r/ch2-2.sock,id=watch2 -device ivshmem-doorbell,chardev=watch2,vectors=2,addr=3 \
+             -chardev socket,path=/r/ch3-2.sock,id=watch3 -device ivshmem-doorbell,chardev=watch3,vectors=2,addr=4 \
+             -object memory-backend-file,id=control,size=2097152,mem-path=/dev/shm/c,share=on \
+             -device ivshmem-plain,memdev=control,addr=5"
+        );
     }
 
     #[test]
