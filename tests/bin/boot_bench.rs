@@ -108,7 +108,7 @@ fn main() {
                 .unwrap_or("")
         );
     }
-    for machine in [Machine::Microvm, Machine::MicrovmPcie] {
+    for machine in [Machine::Microvm, Machine::MicrovmPcie, Machine::Q35Qboot] {
         let mut all = Vec::new();
         let mut fws = Vec::new();
         for i in 0..boots {
