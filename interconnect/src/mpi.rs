@@ -750,9 +750,9 @@ impl<P: Platform> Endpoint<P> {
                     }
                     c.taken = true;
                     l.target = Target::Cur;
-                } else if l.unexp_bytes == 0 || l.unexp_bytes + env.len <= self.limit {
+                } else if l.unexp_bytes == 0 || l.unexp_bytes + cost(&env) <= self.limit {
                     self.unexp_id += 1;
-                    l.unexp_bytes += env.len;
+                    l.unexp_bytes += cost(&env);
                     let data = vec![0; env.len];
                     self.unexp.push_back(Unexp {
                         id: self.unexp_id,
@@ -835,7 +835,7 @@ impl<P: Platform> Endpoint<P> {
                     let pos = self.unexp.iter().rposition(|u| u.id == id);
                     match (pos, res) {
                         (Some(p), Err(_)) => {
-                            l.unexp_bytes -= env.len;
+                            l.unexp_bytes -= cost(&env);
                             if let Some(u) = self.unexp.remove(p)
                                 && let Some(Some(Req { result, .. })) =
                                     u.claimed.map(|i| self.reqs[i].as_mut())
@@ -848,7 +848,7 @@ impl<P: Platform> Endpoint<P> {
                         }
                         (Some(p), Ok(_)) => {
                             if let Some(i) = self.unexp[p].claimed {
-                                l.unexp_bytes -= env.len;
+                                l.unexp_bytes -= cost(&env);
                                 let u = self.unexp.remove(p);
                                 deliver(&mut self.reqs[i], u);
                             } else {
@@ -915,7 +915,7 @@ impl<P: Platform> Endpoint<P> {
             return false;
         };
         if let Some(l) = self.links[u.src as usize].as_mut() {
-            l.unexp_bytes -= u.env.len;
+            l.unexp_bytes -= cost(&u.env);
         }
         let n = u.data.len().min(buf.len());
         buf[..n].copy_from_slice(&u.data[..n]);
@@ -1251,7 +1251,7 @@ impl<P: Platform> Endpoint<P> {
             Some(p) if self.unexp[p].complete => {
                 let u = self.unexp.remove(p);
                 if let Some(l) = u.as_ref().and_then(|u| self.links[u.src as usize].as_mut()) {
-                    l.unexp_bytes -= u.as_ref().map_or(0, |u| u.env.len);
+                    l.unexp_bytes -= u.as_ref().map_or(0, |u| cost(&u.env));
                 }
                 deliver(&mut self.reqs[i], u);
             }
@@ -1366,6 +1366,12 @@ impl<P: Platform> Endpoint<P> {
             rank,
         }
     }
+}
+
+/// What a buffered unexpected message counts against its peer's budget: empty
+/// messages cost something too, so a flood of them stays bounded.
+fn cost(env: &Envelope) -> usize {
+    env.len + 64
 }
 
 fn deliver(slot: &mut Option<Req>, u: Option<Unexp>) {

@@ -281,3 +281,29 @@ fn header_changes_after_attach_are_ignored() {
     );
     assert!(buf.iter().all(|&b| b == 5));
 }
+
+#[test]
+fn unmatched_flood_is_bounded_by_credit() {
+    let mut c = Config::new(2);
+    c.geometry = geometry();
+    c.unexpected_limit = 64 * 100;
+    let mut eps = host::threads(&c).unwrap();
+    let w = eps[0].world();
+    // Rank 0 floods empty messages nobody asks for; rank 1 waits for another tag.
+    let mut sent = 0;
+    let mut buf = [0u8; 1];
+    for _ in 0..1000 {
+        while eps[0].send(&w, 1, 1, &[], Deadline::NOW).is_ok() {
+            sent += 1;
+        }
+        let r = eps[1].recv(&w, 0, 2, &mut buf, Deadline::NOW);
+        assert!(matches!(r, Err(Error::Timeout { .. })));
+    }
+    // The receiver buffered at most its budget; the rest stayed in the ring, so the
+    // flooder ran out of credit.
+    assert!(sent <= 100 + geometry().slots as usize, "{sent}");
+    assert_eq!(
+        eps[0].send(&w, 1, 1, &[], Deadline::NOW),
+        Err(Error::WouldBlock { rank: 1 })
+    );
+}
