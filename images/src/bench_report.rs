@@ -191,14 +191,19 @@ impl Results {
         v
     }
 
-    /// One progress line: p50 of every pair measured at `size` in `mode`.
+    /// One progress line: this round's p50 of every pair measured at `size` in `mode`.
     pub fn brief(&self, mode: Mode, size: usize) -> String {
         self.series()
             .into_iter()
             .filter(|&(_, m)| m == mode)
             .filter_map(|(pair, _)| {
-                let p = self.pct(Key { pair, mode, size })?;
-                Some(format!("{} p50 {:.0} ns", pair.name(), p.p50))
+                let c = self.cells.get(&Key { pair, mode, size })?;
+                let last = *c.round_p50.last()?;
+                Some(format!(
+                    "{} p50 {:.0} ns",
+                    pair.name(),
+                    self.one_way_ns(last)
+                ))
             })
             .collect::<Vec<_>>()
             .join(", ")
