@@ -404,14 +404,19 @@ impl Meter {
         for (d, c) in out.iter_mut().enumerate() {
             let dir = g.dir(d);
             let mask = u64::from(g.slots) - 1;
-            // The receiver's count is a lower bound (messages it accepted).
-            let mut n = self.last[d].max(region.load64(dir.consumed(), Acquire));
+            // The receiver's count (messages it accepted) is a lower bound when it is
+            // plausible; either side may be hostile, so no arithmetic here can overflow.
+            let mut n = self.last[d];
+            let k = region.load64(dir.consumed(), Acquire);
+            if k > n && k - n < 1 << 32 {
+                n = k;
+            }
             for _ in 0..g.slots {
                 let off = dir.slots + LINE * (n & mask) as usize + SEQ;
-                if region.load32(off, Acquire) != (n + 1) as u32 {
+                if region.load32(off, Acquire) != (n as u32).wrapping_add(1) {
                     break;
                 }
-                n += 1;
+                n = n.saturating_add(1);
             }
             self.last[d] = n;
             c.messages = n;

@@ -307,3 +307,23 @@ fn unmatched_flood_is_bounded_by_credit() {
         Err(Error::WouldBlock { rank: 1 })
     );
 }
+
+#[test]
+fn meter_survives_hostile_counters() {
+    let g = geometry();
+    let mut eps = world(2);
+    let w = eps[0].world();
+    for _ in 0..3 {
+        eps[0].send(&w, 1, 1, b"m", Deadline::NOW).unwrap();
+    }
+    let region = eps[0].channel(1).unwrap().region().clone();
+    let mut m = Meter::default();
+    assert_eq!(m.read(&region, &g)[0].messages, 3);
+    // A receiver claiming absurd progress, a sender rewriting a consumed slot: the
+    // meter neither panics nor goes backwards.
+    for v in [u64::MAX, 1 << 40, 2] {
+        put64(&region, g.dir(0).consumed(), v);
+        put32(&region, slot(0, SEQ), u32::MAX);
+        assert!(m.read(&region, &g)[0].messages >= 3);
+    }
+}
