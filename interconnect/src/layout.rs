@@ -39,9 +39,10 @@
 //!
 //! The slot sequence numbers are the producer's published message count: the monitor
 //! meters them (see [`Meter`]) and a sender that under-reports delivers nothing.
-//! Data-area positions are monotone byte counters (`pos mod data_len` is the offset); a
-//! fragment is contiguous, 64-byte aligned, and must lie below the published
-//! `data_head` (so data bytes are metered too).
+//! The bytes are metered from the slots too (inline length, fragment chunk): the
+//! receiver accepts exactly what a slot declares. Data-area positions are monotone byte
+//! counters (`pos mod data_len` is the offset); a fragment is contiguous and 64-byte
+//! aligned. `data_head` in the producer line is advisory (the sender's own view).
 
 use crate::shm::Region;
 use crate::{Error, Rank};
@@ -110,7 +111,7 @@ pub struct Control {
 #[repr(C)]
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug, Default)]
 pub struct ProducerLine {
-    /// Bytes ever reserved in the data area (monotone position).
+    /// Bytes ever reserved in the data area (monotone position; advisory).
     pub data_head: u64,
     /// Malformed values the sender saw from the receiver.
     pub malformed: u64,
@@ -383,7 +384,8 @@ pub fn mark_dead(region: &Region, side: usize) {
 pub struct Counts {
     /// Messages the sender published (from the slot sequence numbers).
     pub messages: u64,
-    /// Data-area bytes the sender reserved (inline bytes are at most 16 per message).
+    /// Message bytes the sender published (inline lengths and fragment chunks, summed
+    /// over the slots the meter saw; slots overwritten before a read are not counted).
     pub data_bytes: u64,
     /// Malformed messages the receiver rejected.
     pub rx_malformed: u64,
@@ -395,6 +397,7 @@ pub struct Counts {
 #[derive(Clone, Debug, Default)]
 pub struct Meter {
     last: [u64; 2],
+    bytes: [u64; 2],
 }
 
 impl Meter {
@@ -412,15 +415,22 @@ impl Meter {
                 n = k;
             }
             for _ in 0..g.slots {
-                let off = dir.slots + LINE * (n & mask) as usize + SEQ;
-                if region.load32(off, Acquire) != (n as u32).wrapping_add(1) {
+                let off = dir.slots + LINE * (n & mask) as usize;
+                if region.load32(off + SEQ, Acquire) != (n as u32).wrapping_add(1) {
                     break;
                 }
+                let len_kind = region.load32(off + CTX + 4, Relaxed);
+                let b = match len_kind >> 30 {
+                    KIND_INLINE => (len_kind & ((1 << 30) - 1)).min(INLINE_MAX as u32),
+                    KIND_FRAG => region.load32(off + PAYLOAD + 8, Relaxed),
+                    _ => 0,
+                };
+                self.bytes[d] = self.bytes[d].saturating_add(b.into());
                 n = n.saturating_add(1);
             }
             self.last[d] = n;
             c.messages = n;
-            c.data_bytes = region.load64(dir.data_head(), Acquire);
+            c.data_bytes = self.bytes[d];
             c.rx_malformed = region.load64(dir.rx_malformed(), Relaxed);
             c.tx_malformed = region.load64(dir.tx_malformed(), Relaxed);
         }

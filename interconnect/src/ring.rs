@@ -47,7 +47,6 @@ pub struct Rx {
     peer: Rank,
     next: u64,
     data_tail: u64,
-    data_head: u64,
     /// Message in progress: (envelope, bytes received so far).
     cur: Option<(Envelope, usize)>,
     peeked: Option<Slotv>,
@@ -108,7 +107,6 @@ impl Channel {
             peer,
             next: 0,
             data_tail: 0,
-            data_head: 0,
             cur: None,
             peeked: None,
             broken: false,
@@ -405,14 +403,6 @@ impl Rx {
                     && pos - self.data_tail + rounded <= dl;
                 if !ok {
                     return Err(self.malformed("fragment position", pos));
-                }
-                if pos + rounded > self.data_head {
-                    // The bytes must have been published (and so metered) first.
-                    let h = self.r.load64(self.d.data_head(), Acquire);
-                    if pos + rounded > h {
-                        return Err(self.malformed("fragment beyond data head", pos));
-                    }
-                    self.data_head = h;
                 }
             }
             k => return Err(self.malformed("slot kind", k.into())),
