@@ -1,6 +1,5 @@
 //! The MPI-style layer: one rank's [`Endpoint`], communicators, matching, requests.
 
-use crate::layout::INLINE_MAX;
 use crate::ring::{Channel, Envelope};
 use crate::{Deadline, Error, Platform, Rank};
 use alloc::collections::VecDeque;
@@ -944,7 +943,7 @@ impl<P: Platform> Endpoint<P> {
     }
 
     /// The fast path of a receive from one source when nothing else is pending: spin
-    /// on that ring alone, take a small matching message straight into `buf`. `None`
+    /// on that ring alone, take a matching one-slot message straight into `buf`. `None`
     /// sends the caller down the general path; an error fails the link.
     fn recv_fast(
         &mut self,
@@ -966,7 +965,7 @@ impl<P: Platform> Endpoint<P> {
         for _ in 0..spins {
             match l.ch.rx.peek()? {
                 None => core::hint::spin_loop(),
-                Some(env) if env.len <= INLINE_MAX && env.len <= buf.len() && m.hit(w, &env) => {
+                Some(env) if env.len <= buf.len() && l.ch.rx.whole() && m.hit(w, &env) => {
                     if l.ch.rx.take(buf)?.is_none() {
                         return Ok(None);
                     }

@@ -519,6 +519,15 @@ impl Rx {
         Ok(None)
     }
 
+    /// True if the message `peek` returned sits whole in its first slot (inline, or one
+    /// fragment), so one `take` completes it.
+    pub fn whole(&self) -> bool {
+        self.cur.is_none()
+            && self
+                .peeked
+                .is_some_and(|s| s.kind == KIND_INLINE || s.frag.chunk as usize == s.env.len)
+    }
+
     /// True while a fragmented message is partly taken.
     pub fn in_progress(&self) -> bool {
         self.cur.is_some()
