@@ -1,0 +1,586 @@
+//! The monitor partition: holds the rights table, meters every channel from its
+//! producer counters, revokes, and has the launcher kill and restart partitions.
+//!
+//! # Command line (written by `images/src/guest_args.rs`)
+//! - `watch=SLOT:LO:HI`, once per channel of the system: the PCI slot where this VM
+//!   sees the channel between world ranks `LO < HI` (direction 0 is `LO → HI`);
+//! - `control=SLOT`: the control region shared with the launcher (`ivshmem-plain`),
+//!   laid out as `images/src/control_region.rs` says (mirrored in [`region`]);
+//! - `period_ms=N`: the metering period; `on_flood=kill|revoke|report`.
+//!
+//! # The loop
+//! Every period: read every channel's producer counters
+//! (`interconnect::layout::Meter`), feed them to [`monitor::Monitor::poll`], carry out
+//! its actions (revoke: the channel's control word, then a doorbell to both ends;
+//! kill/restart: a command record to the launcher; log: the verdict with its
+//! evidence), then take the launcher's exit reports. The loop makes no system call
+//! but the deadline wait for the period; while a kill it asked for is pending it
+//! spins instead, so that the moment the launcher marks the VM's channels dead is
+//! seen to the microsecond (the figure for BENCHMARKS.md). With `wait=spin` among
+//! its manifest `args` it spins between samples instead of blocking.
+//!
+//! A partition that ends with a status of its own (0..=99) simply ended; any other
+//! exit is handed to the supervisor as a crash. The monitor ends (status 0) once
+//! every other partition has ended for good.
+//!
+//! # Assumptions
+//! - The launcher is trusted for the rights table and the command line; its exit
+//!   records are still decoded strictly, and anything else in the region is bounded.
+//! - Revoking is the control word of the whole channel (both directions).
+//! - The byte meter counts data-area bytes only (inline payloads of up to 16 bytes
+//!   are not counted), so it can only under-count.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use interconnect::layout::{self, Counts, Geometry};
+use interconnect::shm::Region;
+use monitor::control::{CONTROL_LEN, Command, LauncherEvent};
+use monitor::meter::{ChannelCounters, Counters, MeterConfig};
+use monitor::rights::RightsTable;
+use monitor::{Action, EdgeId, FloodAction, Monitor, PartitionId, SupervisorConfig, Verdict};
+use rt::ShmRegion;
+
+rt::entry!(main);
+
+/// The control region's layout: mirrors `images/src/control_region.rs` (the
+/// definition).
+mod region {
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"VMPICTL1");
+    pub const TABLE_LEN: usize = 8;
+    pub const M2L_HEAD: usize = 64;
+    pub const M2L_TAIL: usize = 128;
+    pub const L2M_HEAD: usize = 192;
+    pub const L2M_TAIL: usize = 256;
+    pub const READY: usize = 320;
+    pub const TABLE: usize = 4096;
+    pub const TABLE_MAX: usize = 60 << 10;
+    pub const M2L_SLOTS: usize = 65536;
+    pub const L2M_SLOTS: usize = 81920;
+    pub const QUEUE: u64 = 256;
+    pub const SLOT: usize = 64;
+}
+
+/// Exit statuses.
+mod status {
+    /// Bad command line or missing device.
+    pub const SETUP: u8 = 90;
+    /// The control region holds no valid rights table.
+    pub const TABLE: u8 = 91;
+}
+
+/// How long to spin for a pending kill before going back to the periodic wait.
+const KILL_WATCH_NS: u64 = 500_000_000;
+
+/// One channel as the monitor sees it.
+struct Watched {
+    ends: [u16; 2],
+    region: Region,
+    geometry: Geometry,
+    meter: layout::Meter,
+    counts: [Counts; 2],
+    bell: Option<rt::Doorbell>,
+}
+
+/// The producer counters of the last read, per edge.
+struct Sampled<'a> {
+    chans: &'a [Watched],
+    edges: &'a BTreeMap<u16, (usize, usize)>,
+}
+
+impl ChannelCounters for Sampled<'_> {
+    fn produced(&self, edge: EdgeId) -> Counters {
+        match self.edges.get(&edge.0) {
+            Some(&(c, d)) => {
+                let k = self.chans[c].counts[d];
+                Counters {
+                    msgs: k.messages,
+                    bytes: k.data_bytes,
+                }
+            }
+            None => Counters::default(),
+        }
+    }
+}
+
+/// The one place that turns a PCI BAR into a [`Region`].
+fn channel_region(shm: &ShmRegion) -> Region {
+    // SAFETY: the runtime mapped this BAR (`len` bytes) into the service for the
+    // partition's whole life and never unmaps it; other VMs and the launcher write it
+    // concurrently, which is what `Region` is for (atomics and volatile copies only,
+    // no references into it).
+    unsafe { Region::from_raw(shm.as_ptr(), shm.len(), None) }
+}
+
+fn now() -> u64 {
+    rt::time::now().as_nanos()
+}
+
+fn find(slot: u8) -> Option<&'static ShmRegion> {
+    rt::shm_regions()
+        .iter()
+        .find(|r| r.pci().bus == 0 && r.pci().device == slot && r.pci().function == 0)
+}
+
+fn parse_watch(v: &str) -> Option<(u8, u16, u16)> {
+    let mut f = v.split(':');
+    let slot = f.next()?.parse().ok()?;
+    let lo = f.next()?.parse().ok()?;
+    let hi = f.next()?.parse().ok()?;
+    (f.next().is_none() && lo < hi).then_some((slot, lo, hi))
+}
+
+/// The launcher's side of the queues, seen from the monitor.
+struct Control {
+    shm: &'static ShmRegion,
+    m2l_head: u64,
+    l2m_tail: u64,
+    pending: Vec<Command>,
+}
+
+impl Control {
+    /// Publishes what it can of the pending commands.
+    fn flush(&mut self) {
+        while let Some(&cmd) = self.pending.first() {
+            let tail = self.shm.load_u64(region::M2L_TAIL).unwrap_or(0);
+            if self.m2l_head.wrapping_sub(tail) >= region::QUEUE {
+                return;
+            }
+            let off = region::M2L_SLOTS + region::SLOT * (self.m2l_head % region::QUEUE) as usize;
+            let _ = self.shm.write_bytes(off, &cmd.encode());
+            let _ = self.shm.store_u64(off + CONTROL_LEN, now());
+            self.m2l_head += 1;
+            let _ = self.shm.store_u64(region::M2L_HEAD, self.m2l_head);
+            self.pending.remove(0);
+        }
+    }
+
+    /// The launcher's records since the last call (at most a queue's worth).
+    fn take(&mut self) -> Vec<[u8; CONTROL_LEN]> {
+        let head = self.shm.load_u64(region::L2M_HEAD).unwrap_or(0);
+        let mut out = Vec::new();
+        let n = head.saturating_sub(self.l2m_tail).min(region::QUEUE);
+        for _ in 0..n {
+            let off = region::L2M_SLOTS + region::SLOT * (self.l2m_tail % region::QUEUE) as usize;
+            let mut rec = [0u8; CONTROL_LEN];
+            let _ = self.shm.read_bytes(off, &mut rec);
+            out.push(rec);
+            self.l2m_tail += 1;
+        }
+        let _ = self.shm.store_u64(region::L2M_TAIL, self.l2m_tail);
+        out
+    }
+}
+
+/// A kill asked for, watched until the launcher marks the VM's channels dead.
+struct PendingKill {
+    id: PartitionId,
+    /// `(channel, side)` whose alive word turns dead when the VM is gone.
+    probe: Option<(usize, usize)>,
+    /// The last sample before the one that convicted (the crossing lies after it).
+    crossed_after_ns: u64,
+    convicted_ns: u64,
+    revoked_ns: u64,
+    commanded_ns: u64,
+}
+
+struct State {
+    monitor: Monitor,
+    chans: Vec<Watched>,
+    /// edge id → (channel, direction).
+    edges: BTreeMap<u16, (usize, usize)>,
+    control: Control,
+    /// Partitions that ended for good (the monitor itself counts as ended).
+    ended: Vec<bool>,
+    /// Restarts and reopens waiting for the exit of the incarnation killed first.
+    deferred: Vec<(PartitionId, Action)>,
+    kills: Vec<PendingKill>,
+    last_poll_ns: u64,
+}
+
+fn main() -> u8 {
+    let Some(ctl) = rt::arg("control")
+        .and_then(|s| s.parse().ok())
+        .and_then(find)
+    else {
+        rt::log!("monitor: no control= region");
+        return status::SETUP;
+    };
+    if ctl.load_u64(0) != Some(region::MAGIC) {
+        rt::log!("monitor: the control region has no magic");
+        return status::SETUP;
+    }
+    let len = ctl.load_u64(region::TABLE_LEN).unwrap_or(0) as usize;
+    let mut bytes = vec![0u8; len.min(region::TABLE_MAX)];
+    let _ = ctl.read_bytes(region::TABLE, &mut bytes);
+    let table = match RightsTable::decode(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            rt::log!("monitor: rights table refused: {e:?}");
+            return status::TABLE;
+        }
+    };
+    let period_ms: u64 = rt::arg("period_ms")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100)
+        .max(1);
+    let on_flood = match rt::arg("on_flood") {
+        Some("kill") => FloodAction::Kill,
+        Some("revoke") => FloodAction::Revoke,
+        _ => FloodAction::Report,
+    };
+    let mut chans = Vec::new();
+    for (k, v) in rt::args() {
+        if k != "watch" {
+            continue;
+        }
+        let Some((slot, lo, hi)) = parse_watch(v) else {
+            rt::log!("monitor: bad watch=`{v}`");
+            return status::SETUP;
+        };
+        let Some(shm) = find(slot) else {
+            rt::log!("monitor: watch={v}: no device in slot {slot}");
+            return status::SETUP;
+        };
+        let region = channel_region(shm);
+        let geometry = match layout::read_header(&region) {
+            Ok((g, ranks)) if ranks == [u32::from(lo), u32::from(hi)] => g,
+            _ => {
+                rt::log!("monitor: watch={v}: channel header refused");
+                return status::SETUP;
+            }
+        };
+        chans.push(Watched {
+            ends: [lo, hi],
+            region,
+            geometry,
+            meter: layout::Meter::default(),
+            counts: [Counts::default(); 2],
+            bell: shm.doorbell(),
+        });
+    }
+    let mut edges = BTreeMap::new();
+    for e in table.edges() {
+        let (lo, hi, d) = if e.from < e.to {
+            (e.from, e.to, 0)
+        } else {
+            (e.to, e.from, 1)
+        };
+        match chans.iter().position(|c| c.ends == [lo, hi]) {
+            Some(c) => {
+                edges.insert(e.id.0, (c, d));
+            }
+            None => rt::log!(
+                "monitor: edge {} ({} -> {}) has no channel",
+                e.id.0,
+                e.from,
+                e.to
+            ),
+        }
+    }
+    let ended = table.partitions().iter().map(|p| p.monitor).collect();
+    let t0 = now();
+    let config = SupervisorConfig {
+        heartbeat_timeout_ns: None,
+        on_flood,
+    };
+    let monitor = Monitor::new(table, MeterConfig::default(), config, t0);
+    let mut s = State {
+        monitor,
+        chans,
+        edges,
+        control: Control {
+            shm: ctl,
+            m2l_head: 0,
+            l2m_tail: 0,
+            pending: Vec::new(),
+        },
+        ended,
+        deferred: Vec::new(),
+        kills: Vec::new(),
+        last_poll_ns: t0,
+    };
+    // Meter from what the rings hold now (partitions boot alongside the monitor).
+    s.read_counters();
+    for (&e, _) in s.edges.iter() {
+        let base = Sampled {
+            chans: &s.chans,
+            edges: &s.edges,
+        }
+        .produced(EdgeId(e));
+        s.monitor.reopened(EdgeId(e), t0, base);
+    }
+    let _ = ctl.store_u64(region::READY, t0.max(1));
+    rt::log!(
+        "monitor: metering {} edge(s) on {} channel(s) every {period_ms} ms, on_flood={on_flood:?}",
+        s.edges.len(),
+        s.chans.len()
+    );
+    // `wait=spin` (partition args): spin at CPL 3 between samples instead of blocking
+    // in the runtime (a host core for a tighter period).
+    let spin = rt::arg("wait") == Some("spin");
+    let (mut prev_t, mut max_gap, mut samples) = (t0, 0u64, 0u64);
+    loop {
+        let t = now();
+        s.read_counters();
+        let actions = s.monitor.poll(
+            t,
+            &Sampled {
+                chans: &s.chans,
+                edges: &s.edges,
+            },
+        );
+        s.execute(actions, None);
+        s.last_poll_ns = t;
+        for rec in s.control.take() {
+            s.on_launcher(&rec);
+        }
+        s.control.flush();
+        s.watch_kills();
+        if s.ended.iter().all(|&e| e) && s.kills.is_empty() {
+            rt::log!(
+                "monitor: every partition has ended; stopping ({samples} samples, longest gap {} us)",
+                max_gap / 1000
+            );
+            return 0;
+        }
+        let gap = t.saturating_sub(prev_t);
+        prev_t = t;
+        if gap > max_gap {
+            max_gap = gap;
+        }
+        samples += 1;
+        let next = rt::time::now().after(Duration::from_millis(period_ms));
+        if spin {
+            while rt::time::now() < next {
+                core::hint::spin_loop();
+            }
+        } else if s.kills.is_empty() {
+            let _ = rt::wait(Some(next));
+        }
+    }
+}
+
+impl State {
+    fn read_counters(&mut self) {
+        for c in &mut self.chans {
+            c.counts = c.meter.read(&c.region, &c.geometry);
+        }
+    }
+
+    fn edge_name(&self, edge: EdgeId) -> (u16, u16) {
+        self.monitor
+            .supervisor()
+            .table()
+            .edge_by_id(edge)
+            .map_or((u16::MAX, u16::MAX), |e| (e.from, e.to))
+    }
+
+    /// Carries out the supervisor's actions. `exited`: the incarnation whose exit
+    /// caused them (already gone, so what waits for its death can go at once).
+    /// Revokes and kill commands go first, logs after: serial output goes through
+    /// emulated ring 0 here and costs milliseconds per line.
+    fn execute(&mut self, actions: Vec<Action>, exited: Option<PartitionId>) {
+        let mut revoked: Vec<(EdgeId, u64)> = Vec::new();
+        for a in &actions {
+            if let Action::Revoke(edge) = *a
+                && let Some(&(c, _)) = self.edges.get(&edge.0)
+            {
+                let ch = &self.chans[c];
+                layout::revoke(&ch.region);
+                if let Some(b) = &ch.bell {
+                    for id in 0..2u16 {
+                        if id != b.own_id() {
+                            b.notify(id, 0);
+                        }
+                    }
+                }
+                revoked.push((edge, now()));
+            }
+        }
+        for a in &actions {
+            if let Action::Kill(id) = *a
+                && exited != Some(id)
+            {
+                self.control.pending.push(Command::Kill(id));
+            }
+        }
+        self.control.flush();
+        let commanded_ns = now();
+        let mut killed = exited;
+        let mut flood: Option<u64> = None;
+        let mut later = Vec::new();
+        for a in actions {
+            match a {
+                Action::Log(v) => {
+                    if let Verdict::Flood { edge, at_ns, .. } = v {
+                        let (from, to) = self.edge_name(edge);
+                        flood = Some(at_ns);
+                        rt::log!(
+                            "verdict: {v} (edge {from} -> {to}; within quota at the sample before, {} ns)",
+                            self.last_poll_ns
+                        );
+                    } else {
+                        rt::log!("verdict: {v}");
+                    }
+                }
+                Action::Revoke(edge) => {
+                    let (from, to) = self.edge_name(edge);
+                    let at = revoked.iter().find(|r| r.0 == edge).map_or(0, |r| r.1);
+                    rt::log!("revoke: edge {} ({from} -> {to}) at {at} ns", edge.0);
+                }
+                Action::Kill(id) => {
+                    killed = Some(id);
+                    if exited == Some(id) {
+                        continue; // already gone
+                    }
+                    rt::log!("kill: asked the launcher to kill {id} at {commanded_ns} ns");
+                    let probe = self.chans.iter().enumerate().find_map(|(c, ch)| {
+                        ch.ends
+                            .iter()
+                            .position(|&r| r == id.index)
+                            .map(|side| (c, side))
+                    });
+                    self.kills.push(PendingKill {
+                        id,
+                        probe,
+                        crossed_after_ns: self.last_poll_ns,
+                        convicted_ns: flood.unwrap_or(commanded_ns),
+                        revoked_ns: revoked.first().map_or(commanded_ns, |r| r.1),
+                        commanded_ns,
+                    });
+                }
+                Action::Restart(_) | Action::Reopen(_) => match killed {
+                    Some(k) if exited != Some(k) => self.deferred.push((k, a)),
+                    _ => later.push(a),
+                },
+                Action::Stopped { id, restarts } => {
+                    rt::log!("stopped: {id} stays dead after {restarts} restart(s)");
+                    if let Some(e) = self.ended.get_mut(usize::from(id.index)) {
+                        *e = true;
+                    }
+                }
+            }
+        }
+        self.reopen_then_restart(later);
+    }
+
+    /// Reopens (re-initialises) channels, then asks for restarts: a new incarnation
+    /// never finds a revoked ring.
+    fn reopen_then_restart(&mut self, actions: Vec<Action>) {
+        let mut done: Vec<usize> = Vec::new();
+        for a in &actions {
+            let Action::Reopen(edge) = *a else { continue };
+            let Some(&(c, _)) = self.edges.get(&edge.0) else {
+                continue;
+            };
+            if !done.contains(&c) {
+                done.push(c);
+                let ch = &mut self.chans[c];
+                let ranks = [u32::from(ch.ends[0]), u32::from(ch.ends[1])];
+                match layout::init(&ch.region, ch.geometry, ranks) {
+                    Ok(()) => rt::log!("reopen: channel {}-{}", ch.ends[0], ch.ends[1]),
+                    Err(e) => rt::log!("reopen: channel {}-{}: {e}", ch.ends[0], ch.ends[1]),
+                }
+                ch.meter = layout::Meter::default();
+                ch.counts = [Counts::default(); 2];
+            }
+            self.monitor.reopened(edge, now(), Counters::default());
+        }
+        for a in actions {
+            if let Action::Restart(id) = a {
+                rt::log!("restart: asked the launcher to start {id}");
+                self.control.pending.push(Command::Restart(id));
+                if let Some(e) = self.ended.get_mut(usize::from(id.index)) {
+                    *e = false;
+                }
+            }
+        }
+        self.control.flush();
+    }
+
+    fn on_launcher(&mut self, rec: &[u8; CONTROL_LEN]) {
+        let t = now();
+        let ev = match LauncherEvent::decode(rec) {
+            Ok(ev) => ev,
+            Err(e) => {
+                rt::log!("monitor: refused a launcher record ({e:?})");
+                return;
+            }
+        };
+        let LauncherEvent::Exited { id, status } = ev;
+        let index = usize::from(id.index);
+        let actions = if status <= u32::from(abi::exit::SERVICE_MAX) {
+            rt::log!("exit: {id} ended with its own status {status}");
+            if let Some(e) = self.ended.get_mut(index) {
+                *e = true;
+            }
+            Vec::new()
+        } else {
+            rt::log!("exit: {id} ended with {status:#x}");
+            match self.monitor.on_launcher(rec, t) {
+                Ok(a) => a,
+                Err(e) => {
+                    rt::log!("monitor: refused a launcher record ({e:?})");
+                    Vec::new()
+                }
+            }
+        };
+        self.execute(actions, Some(id));
+        // What waited for this incarnation's death.
+        let (now_due, keep): (Vec<_>, Vec<_>) =
+            self.deferred.drain(..).partition(|(k, _)| *k == id);
+        self.deferred = keep;
+        self.reopen_then_restart(now_due.into_iter().map(|(_, a)| a).collect());
+        if status > u32::from(abi::exit::SERVICE_MAX)
+            && let Some(e) = self.ended.get_mut(index)
+        {
+            // Ended for good unless the supervisor restarted it.
+            *e = self.monitor.supervisor().current(id.index).is_none();
+        }
+    }
+
+    /// Spins on the alive word of each partition it asked to kill; logs the latency
+    /// once the launcher marked it dead (the VM is gone by then).
+    fn watch_kills(&mut self) {
+        let t = now();
+        let chans = &self.chans;
+        self.kills.retain(|k| {
+            let dead = k.probe.is_none_or(|(c, side)| {
+                chans[c].region.load32(
+                    layout::alive_off(side),
+                    core::sync::atomic::Ordering::Acquire,
+                ) == layout::DEAD
+            });
+            if dead {
+                let after = |x: u64| x.saturating_sub(k.crossed_after_ns) / 1000;
+                rt::log!(
+                    "killed: {} gone at {t} ns; after the last sample within quota ({} ns): \
+                     convicted {} us, revoked {} us, kill asked {} us, VM gone {} us",
+                    k.id,
+                    k.crossed_after_ns,
+                    after(k.convicted_ns),
+                    after(k.revoked_ns),
+                    after(k.commanded_ns),
+                    after(t)
+                );
+                return false;
+            }
+            if t.saturating_sub(k.revoked_ns) > KILL_WATCH_NS {
+                rt::log!(
+                    "kill: {} not seen dead after {} ms",
+                    k.id,
+                    KILL_WATCH_NS / 1_000_000
+                );
+                return false;
+            }
+            true
+        });
+    }
+}
