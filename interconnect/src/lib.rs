@@ -81,15 +81,34 @@
 //!   before either side attaches; each side attaches once. The header is read once at
 //!   attach and never trusted again; everything else a peer can write is validated on
 //!   every read.
-//! - Shared memory is accessed only through atomics and volatile copies. A hostile
-//!   peer racing with our volatile reads yields garbage bytes in *its own* messages,
-//!   not undefined behaviour in practice (the same stance as `vm-memory`); honest
-//!   peers never race (release/acquire on the slot sequence word orders them).
+//! - Shared memory is accessed only through atomics, volatile copies and (copies of
+//!   512 bytes and more, x86-64) `rep movsb` in inline assembly, which the compiler
+//!   cannot see into either. A hostile peer racing with those reads yields garbage
+//!   bytes in *its own* messages, not undefined behaviour in practice (the stance of
+//!   `vm-memory`); honest peers never race (release/acquire on the slot sequence word).
+//! - Wake-ups: a waiter spins [`Platform::spin_ns`], then sets a wake flag in the
+//!   channel, re-polls and blocks; a sender reads the flag after a full barrier (the
+//!   `xchg` that publishes the slot). On the credit path the receiver only pays that
+//!   barrier when the sender can be blocked (ring full, or a fragment freed); a
+//!   sleeping waiter re-checks at least every 20 ms, so a lost wake-up (not expected,
+//!   but not model-checked) costs time, never a hang.
+//! - Every loop over peer-controlled data is bounded (slots per call, 4096 messages per
+//!   progress step, `slots` steps per meter read).
 //! - An endpoint is used by one thread at a time (`&mut self`); it is `Send`.
 //! - The platform clock is monotonic, in nanoseconds; [`Deadline`]s are absolute
 //!   values of that clock.
 //! - x86-64 cache lines are 64 bytes; both sides of a channel share endianness
 //!   (little-endian).
+//! - Collectives are linear through the root, travel on a context of their own, go
+//!   through the same rights checks as user sends, and trust the members' inputs.
+//! - A receive that fails after it matched a message (deadline, cancel) consumes that
+//!   message: the rest of it is dropped.
+//!
+//! # Tests
+//! `cargo test -p interconnect` (unit, API, corruption of every peer-written field,
+//! proptest properties, ranks as separate processes over `/dev/shm`);
+//! `interconnect/loom.sh` model-checks the ring's memory ordering with loom
+//! (`--cfg loom`, its own target directory).
 #![no_std]
 #![deny(missing_docs)]
 
