@@ -271,8 +271,13 @@ fn build_mpich() -> Result<Option<(PathBuf, PathBuf)>> {
     let install = "apt-get update && apt-get install -y mpich libmpich-dev";
     if qemu::which("mpicc").is_none() || qemu::which("mpiexec").is_none() {
         if !is_root() || qemu::which("apt-get").is_none() {
+            let cmd = if is_root() {
+                install.to_string()
+            } else {
+                format!("sudo sh -c '{install}'")
+            };
             progress(&format!(
-                "!!! MPICH is not installed: the mpich baseline is SKIPPED. Install it with: sudo sh -c '{install}'"
+                "!!! MPICH is not installed: the mpich baseline is SKIPPED. Install it with: {cmd}"
             ));
             return Ok(None);
         }
