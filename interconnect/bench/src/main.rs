@@ -124,14 +124,14 @@ impl Opts {
     }
 
     /// Round trips per round for one phase: `iters` up to 4 KiB, then fewer in
-    /// proportion to the size (at least `iters / 50`); block mode a tenth.
+    /// proportion to the size (at least `iters / 50`); block mode a fiftieth.
     fn iters_for(&self, mode: Mode, size: usize) -> usize {
         let n = (self.iters * 4096 / size.max(4096))
             .max(self.iters / 50)
             .max(5);
         match mode {
             Mode::Poll => n,
-            Mode::Block => (n / 10).max(5),
+            Mode::Block => (n / 50).max(5),
         }
     }
 

@@ -141,7 +141,7 @@ const TAG_ACK: u32 = 3;
 /// Streaming measurements (of each pair) per round.
 pub const BW_REPS: usize = 4;
 /// Block mode: ping's idle time before each round trip, nanoseconds.
-pub const IDLE_NS: u64 = 50_000;
+pub const IDLE_NS: u64 = 300_000;
 
 struct Side {
     ping: bool,
@@ -177,10 +177,12 @@ impl Side {
         (a, a + page(self.max))
     }
 
+    /// Poll: both sides spin. Block: pong blocks at once (`spin_ns` = 0), ping still
+    /// polls for the reply, so each round trip measures exactly one wake-up.
     fn set_mode(&self, mode: Mode) {
         let spin = match mode {
-            Mode::Poll => u64::MAX,
-            Mode::Block => 0,
+            Mode::Block if !self.ping => 0,
+            _ => u64::MAX,
         };
         self.ep.platform().spin.set(spin);
     }
@@ -292,7 +294,7 @@ impl Side {
             let dst = if inline { PING_INLINE } else { a };
             self.raw.copy_in(dst, &self.src[..size]);
             self.raw_post(PING_SEQ, s, block, PONG_WAITING);
-            self.raw_wait(PONG_SEQ, s, block, PING_WAITING);
+            self.raw_wait(PONG_SEQ, s, false, PING_WAITING);
             let src = if inline { PONG_INLINE } else { b };
             self.raw.copy_out(src, &mut self.buf[..size]);
         } else {
@@ -385,7 +387,9 @@ impl Side {
         let dl = self.ep.after_ms(300_000);
         let mut rtt = Vec::with_capacity(if self.ping { iters } else { 0 });
         // Block mode: ping stays idle long enough (outside the timed section) for pong
-        // to have gone to sleep in both pairs, so every message must wake it.
+        // to have gone to sleep in both pairs, so every message must wake it. (The
+        // fabric's `Endpoint::recv` polls 4096 times before it looks at `spin_ns`:
+        // tens of microseconds.)
         let idle = if block {
             (IDLE_NS as f64 * self.tick) as u64
         } else {

@@ -230,9 +230,10 @@ impl Results {
         );
         let _ = writeln!(
             w,
-            "  block:  ping idles {} us before each round trip (untimed) so pong is asleep: \
-             fabric with spin_ns = 0 (64 polls, arm the wake flag, futex doorbell); raw \
-             with 64 polls, then a wake flag and a futex on the sequence word\n",
+            "  block:  ping idles {} us before each round trip (untimed) so pong is asleep, \
+             and polls for the reply (one wake-up per round trip): pong's fabric endpoint \
+             with spin_ns = 0 (its polls, then the wake flag and the futex doorbell); raw \
+             pong with 64 polls, then a wake flag and a futex on the sequence word\n",
             crate::peer::IDLE_NS / 1000
         );
         let _ = writeln!(
