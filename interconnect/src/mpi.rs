@@ -834,7 +834,7 @@ impl<P: Platform> Endpoint<P> {
                     let pos = self.unexp.iter().rposition(|u| u.id == id);
                     match (pos, res) {
                         (Some(p), Err(_)) => {
-                            l.unexp_bytes -= cost(&env);
+                            l.unexp_bytes = l.unexp_bytes.saturating_sub(cost(&env));
                             if let Some(u) = self.unexp.remove(p)
                                 && let Some(Some(Req { result, .. })) =
                                     u.claimed.map(|i| self.reqs[i].as_mut())
@@ -847,7 +847,7 @@ impl<P: Platform> Endpoint<P> {
                         }
                         (Some(p), Ok(_)) => {
                             if let Some(i) = self.unexp[p].claimed {
-                                l.unexp_bytes -= cost(&env);
+                                l.unexp_bytes = l.unexp_bytes.saturating_sub(cost(&env));
                                 let u = self.unexp.remove(p);
                                 deliver(&mut self.reqs[i], u);
                             } else {
@@ -914,7 +914,7 @@ impl<P: Platform> Endpoint<P> {
             return false;
         };
         if let Some(l) = self.links[u.src as usize].as_mut() {
-            l.unexp_bytes -= cost(&u.env);
+            l.unexp_bytes = l.unexp_bytes.saturating_sub(cost(&u.env));
         }
         let n = u.data.len().min(buf.len());
         buf[..n].copy_from_slice(&u.data[..n]);
@@ -1250,7 +1250,9 @@ impl<P: Platform> Endpoint<P> {
             Some(p) if self.unexp[p].complete => {
                 let u = self.unexp.remove(p);
                 if let Some(l) = u.as_ref().and_then(|u| self.links[u.src as usize].as_mut()) {
-                    l.unexp_bytes -= u.as_ref().map_or(0, |u| cost(&u.env));
+                    l.unexp_bytes = l
+                        .unexp_bytes
+                        .saturating_sub(u.as_ref().map_or(0, |u| cost(&u.env)));
                 }
                 deliver(&mut self.reqs[i], u);
             }
