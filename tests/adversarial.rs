@@ -1,0 +1,275 @@
+//! Adversarial compositions booted with `vmpi up`, the `scenario` partition (its
+//! behaviour scripted in the manifest) and the `monitor-vm` partition; each checks
+//! exact outcomes:
+//! - `flood.toml`: a flooder (as fast as it can, 10,000 msg/s quota, burst 100) is
+//!   convicted, its channel revoked, its VM killed; the receiver gets every message
+//!   of the two well-behaved senders (count, order and checksum recomputed here);
+//! - `rights.toml`: sends outside the rights table (no channel, tag out of range,
+//!   non-blocking not granted) get `PermissionDenied`; a PCI scan finds only the
+//!   channels a partition was given (none for a partition with no right);
+//! - `timeout.toml`: a blocking send to a peer that never receives ends in `Timeout`.
+//!
+//! Latencies the monitor logs are printed, not asserted (BENCHMARKS.md has them).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use vmpi_tests::{images, repo_root, say};
+
+/// The `vmpi` binary, built (once) into the target directory of this test, with
+/// this test's profile.
+fn vmpi_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable");
+        // target/PROFILE/deps/compose-HASH
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/PROFILE")
+            .to_path_buf();
+        let target = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args(["build", "-p", "vmpi", "--bin", "vmpi"])
+            .current_dir(repo_root())
+            .env("CARGO_TARGET_DIR", target);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build for vmpi");
+        assert!(
+            out.status.success(),
+            "building vmpi failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        profile_dir.join("vmpi")
+    })
+}
+
+/// A folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("vmpi-adversarial-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `vmpi up MANIFEST` (images built first) with its logs in `logs`; returns
+/// the output and the pid of the `vmpi` process.
+fn up(manifest: &str, logs: &Path) -> (Output, u32) {
+    images();
+    let manifest = repo_root().join("tests").join(manifest);
+    let child = Command::new(vmpi_bin())
+        .arg("up")
+        .arg(&manifest)
+        .args(["--timeout", "180", "--log-dir"])
+        .arg(logs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vmpi up");
+    let pid = child.id();
+    (child.wait_with_output().expect("vmpi up"), pid)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn log(logs: &Path, name: &str) -> String {
+    std::fs::read_to_string(logs.join(format!("{name}.log")))
+        .unwrap_or_else(|e| panic!("no log of {name}: {e}"))
+}
+
+/// Nothing of run `pid` is left: no shm file, no run folder (doorbell and QMP
+/// sockets), no process naming it.
+fn assert_clean(pid: u32) {
+    let prefix = format!("vmpi-{pid}-");
+    let shm: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    assert!(shm.is_empty(), "left in /dev/shm: {shm:?}");
+    let run_dir = std::env::temp_dir().join(format!("vmpi-{pid}"));
+    assert!(!run_dir.exists(), "left {}", run_dir.display());
+    let needle = run_dir.to_string_lossy().into_owned();
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(!cmd.contains(&needle), "still running: {cmd}");
+        }
+    }
+}
+
+/// FNV-1a, 64 bits.
+fn fnv(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+const FNV0: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Checksum of `count` scenario messages of `size` bytes from rank `s`: message `i`
+/// is `i` (u32 LE), `s` (u32 LE), then byte `k` = `i * 31 + k` (mod 256).
+fn scenario_checksum(s: u32, size: usize, count: u32) -> u64 {
+    (0..count).fold(FNV0, |h, i| {
+        let m: Vec<u8> = (0..size)
+            .map(|k| match k {
+                0..4 => i.to_le_bytes()[k],
+                4..8 => s.to_le_bytes()[k - 4],
+                _ => (i.wrapping_mul(31) as u8).wrapping_add(k as u8),
+            })
+            .collect();
+        fnv(h, &m)
+    })
+}
+
+fn assert_has(log: &str, needle: &str) {
+    assert!(log.contains(needle), "expected `{needle}` in:\n{log}");
+}
+
+/// The scenario's JSON report in a partition's log.
+fn report(log: &str) -> &str {
+    log.lines()
+        .find_map(|l| l.split_once("scenario: {").map(|(_, j)| j))
+        .unwrap_or_else(|| panic!("no scenario report in:\n{log}"))
+}
+
+#[test]
+fn flooder_is_killed_and_its_victim_loses_nothing() {
+    let d = TempDir::new("flood");
+    let (o, pid) = up("flood.toml", &d.0);
+    let all = text(&o);
+    // The worst outcome is the flooder's: killed on the monitor's verdict.
+    assert_eq!(o.status.code(), Some(137), "{all}");
+    assert_has(&all, "flooder      killed on the monitor's verdict");
+    for ok in ["sink ", "good1", "good2", "monitor "] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains(&format!("[vmpi]   {ok}")) && l.contains("status 0 (success)")),
+            "{ok} did not succeed:\n{all}"
+        );
+    }
+    assert_has(
+        &all,
+        "[vmpi] kill: flooder (generation 0) on the monitor's command",
+    );
+    let monitor = log(&d.0, "monitor");
+    // The verdict with its evidence, the revoke of the flooder's edge, the kill.
+    assert_has(&monitor, "verdict: flood: p3.g0 on ");
+    assert_has(&monitor, "against quota 10000/s burst 100 (edge 3 -> 0;");
+    assert_has(&monitor, "revoke: edge ");
+    assert_has(&monitor, "kill: asked the launcher to kill p3.g0");
+    assert_has(&monitor, "killed: p3.g0 gone at");
+    assert_has(&monitor, "monitor: every partition has ended; stopping");
+    // The victim: every message of both well-behaved senders, intact, in order.
+    let sink = log(&d.0, "sink");
+    let r = report(&sink);
+    assert_has(r, r#""op":"recv","done":2000,"outcome":"ok""#);
+    for (from, size) in [(1u32, 64usize), (2, 8)] {
+        let sum = scenario_checksum(from, size, 1000);
+        assert_has(
+            r,
+            &format!(
+                r#"{{"from":{from},"count":1000,"other":0,"bad":0,"in_order":true,"checksum":"{sum:#018x}"}}"#
+            ),
+        );
+    }
+    assert_has(r, r#""expects_failed":0"#);
+    for good in ["good1", "good2"] {
+        assert_has(
+            report(&log(&d.0, good)),
+            r#"{"op":"send","done":1000,"outcome":"ok""#,
+        );
+    }
+    for l in monitor
+        .lines()
+        .filter(|l| l.contains("verdict:") || l.contains("killed:"))
+    {
+        say(format_args!("flood: {l}"));
+    }
+    assert_clean(pid);
+}
+
+#[test]
+fn sends_outside_the_rights_are_refused_and_a_scan_finds_only_granted_channels() {
+    let d = TempDir::new("rights");
+    let (o, pid) = up("rights.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "every partition succeeded -> exit status 0");
+    let a = log(&d.0, "a");
+    let r = report(&a);
+    // One channel (to b) in PCI slot 1: nothing else on its bus.
+    assert_has(r, r#"{"op":"scan","done":1,"outcome":"ok","devices":[1]}"#);
+    // No channel to c; tag 99 outside 0..=15; non-blocking not granted; then allowed.
+    let steps: Vec<&str> = r
+        .match_indices(r#""outcome":""#)
+        .map(|(i, _)| {
+            let rest = &r[i + 11..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "ok",
+            "PermissionDenied",
+            "PermissionDenied",
+            "PermissionDenied",
+            "ok"
+        ],
+        "{r}"
+    );
+    assert_has(r, r#""expects_failed":0"#);
+    let b = log(&d.0, "b");
+    let r = report(&b);
+    assert_has(r, r#"{"op":"scan","done":1,"outcome":"ok","devices":[1]}"#);
+    assert_has(r, r#"{"op":"send","done":0,"outcome":"PermissionDenied""#);
+    let sum = scenario_checksum(0, 8, 1);
+    assert_has(
+        r,
+        &format!(
+            r#"{{"from":0,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{sum:#018x}"}}"#
+        ),
+    );
+    // c was granted nothing: no channel, no device, every send refused.
+    let c = log(&d.0, "c");
+    let r = report(&c);
+    assert_has(r, r#"{"op":"scan","done":0,"outcome":"ok","devices":[]}"#);
+    assert_has(r, r#"{"op":"send","done":0,"outcome":"PermissionDenied""#);
+    assert_clean(pid);
+}
+
+#[test]
+fn a_blocking_send_to_a_silent_peer_times_out() {
+    let d = TempDir::new("timeout");
+    let (o, pid) = up("timeout.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let sender = log(&d.0, "sender");
+    let r = report(&sender);
+    // The 4 KiB ring holds 64 messages of 64 bytes; the 65th send waits out its
+    // 300 ms deadline.
+    assert_has(r, r#"{"op":"send","done":64,"outcome":"Timeout""#);
+    assert_has(r, r#""expects_failed":0"#);
+    assert_clean(pid);
+}
