@@ -100,7 +100,9 @@ pub struct BenchArgs {
     /// Default 5 (1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Print one JSON array of records instead of the table.
+    /// Print one JSON array of records instead of the table: `pair` (vm-vm,
+    /// host-host, raw, mpich), `mode` (poll, block), `size` (bytes), `p50_ns`,
+    /// `p99_ns`, `p999_ns` (one-way latency) and `mb_per_s` (streaming; null for raw).
     #[arg(long)]
     pub json: bool,
     /// Write an SVG latency plot (p50 against size, log-log) here.
