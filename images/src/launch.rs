@@ -266,6 +266,9 @@ pub fn sweep_stale() -> Vec<PathBuf> {
     removed
 }
 
+/// Host nice value of the monitor partition's QEMU (see `spawn`).
+pub const MONITOR_NICE: i32 = -10;
+
 /// Path of the monitor's control region in run `pid`.
 pub fn control_path(pid: u32) -> PathBuf {
     PathBuf::from(format!("/dev/shm/vmpi-{pid}-control"))
@@ -438,6 +441,12 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                 source,
             })?;
         control = Some(mapped);
+    }
+    if watcher.is_some() {
+        // This thread carries out the monitor's kills: it runs at the monitor's
+        // priority (Linux nice values are per thread; partitions get 0 back).
+        // SAFETY: setpriority on the calling thread has no memory-safety conditions.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, MONITOR_NICE) };
     }
     let mut reports: Vec<monitor::control::LauncherEvent> = Vec::new();
     let mut monitor_said_ready = false;
@@ -777,11 +786,23 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: the closure runs between fork and exec and only calls prctl, which is
-    // async-signal-safe and touches no memory of the parent.
+    // The monitor partition runs at a higher host priority (nice MONITOR_NICE, every
+    // QEMU thread inherits it): partitions spinning on every host core must not
+    // starve the one that meters them. Without privilege the call fails and the
+    // monitor runs at the default priority.
+    let nice = match sys.monitor.partition {
+        Some(m) if m == vm.rank => MONITOR_NICE,
+        Some(_) => 0, // back from the launcher's own MONITOR_NICE
+        None => i32::MIN,
+    };
+    // SAFETY: the closure runs between fork and exec and only calls prctl and
+    // setpriority, which are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if nice != i32::MIN {
+                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+            }
             Ok(())
         });
     }
