@@ -949,7 +949,7 @@ impl<P: Platform> Endpoint<P> {
         &mut self,
         m: &Matcher,
         buf: &mut [u8],
-        spins: u32,
+        dl: Deadline,
     ) -> Result<Option<Status>, Error> {
         let Some(w) = m.src else { return Ok(None) };
         if !self.unexp.is_empty() || !self.posted.is_empty() {
@@ -962,9 +962,22 @@ impl<P: Platform> Endpoint<P> {
             return Ok(None);
         }
         l.ch.check()?;
-        for _ in 0..spins {
+        // Spin at most `spin_ns` (and 1 ms: then the general path, which also watches
+        // liveness), looking at the clock every 64 polls only.
+        let mut end = None;
+        for i in 0u64.. {
             match l.ch.rx.peek()? {
-                None => core::hint::spin_loop(),
+                None if dl == Deadline::NOW => return Ok(None),
+                None => {
+                    if i % 64 == 63 {
+                        let now = self.p.now();
+                        let spin = self.p.spin_ns().min(1_000_000);
+                        if now >= *end.get_or_insert(now.saturating_add(spin).min(dl.0)) {
+                            return Ok(None);
+                        }
+                    }
+                    core::hint::spin_loop();
+                }
                 Some(env) if env.len <= buf.len() && l.ch.rx.whole() && m.hit(w, &env) => {
                     if l.ch.rx.take(buf)?.is_none() {
                         return Ok(None);
@@ -1108,7 +1121,7 @@ impl<P: Platform> Endpoint<P> {
         dl: Deadline,
     ) -> Result<Status, Error> {
         let m = self.matcher(comm, src, tag)?;
-        match self.recv_fast(&m, buf, if dl == Deadline::NOW { 1 } else { 1 << 12 }) {
+        match self.recv_fast(&m, buf, dl) {
             Ok(Some(st)) => return Ok(st),
             Err(e) => {
                 self.fail_link(m.src.unwrap_or(0), &e);
