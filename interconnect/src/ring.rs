@@ -264,14 +264,7 @@ impl Tx {
         }
         if data.len() <= INLINE_MAX {
             self.slot_credit()?;
-            let mut b = [0u8; INLINE_MAX];
-            b[..data.len()].copy_from_slice(data);
-            let (lo, hi) = b.split_at(8);
-            let words = [
-                u64::from_le_bytes(lo.try_into().unwrap_or_default()),
-                u64::from_le_bytes(hi.try_into().unwrap_or_default()),
-            ];
-            self.publish(tag, ctx, data.len(), KIND_INLINE, words);
+            self.publish(tag, ctx, data.len(), KIND_INLINE, pack(data));
             *done = data.len();
             return Ok(());
         }
@@ -492,10 +485,7 @@ impl Rx {
                 }
                 KIND_INLINE if got == 0 => {
                     let n = env.len.min(dst.len());
-                    let mut b = [0u8; INLINE_MAX];
-                    b[..8].copy_from_slice(&s.inline[0].to_le_bytes());
-                    b[8..].copy_from_slice(&s.inline[1].to_le_bytes());
-                    dst[..n].copy_from_slice(&b[..n]);
+                    unpack(s.inline, &mut dst[..n]);
                     self.consume(&s);
                     return Ok(Some(env.len));
                 }
@@ -546,5 +536,30 @@ impl Rx {
     /// After consuming: true if the sender announced it is blocking for credit.
     pub fn peer_waiting(&self) -> bool {
         self.wake_check && self.r.load32(self.d.tx_waiting(), SeqCst) != 0
+    }
+}
+
+/// Up to 16 bytes into two little-endian words (no `memcpy` call for a few bytes).
+fn pack(data: &[u8]) -> [u64; 2] {
+    let mut w = [0u64; 2];
+    for (i, c) in data.chunks(8).take(2).enumerate() {
+        w[i] = match <[u8; 8]>::try_from(c) {
+            Ok(a) => u64::from_le_bytes(a),
+            Err(_) => c.iter().rev().fold(0, |x, &b| x << 8 | u64::from(b)),
+        };
+    }
+    w
+}
+
+/// The inverse of [`pack`] for `dst.len() <= 16` bytes.
+fn unpack(w: [u64; 2], dst: &mut [u8]) {
+    for (i, c) in dst.chunks_mut(8).take(2).enumerate() {
+        match <&mut [u8; 8]>::try_from(&mut *c) {
+            Ok(a) => *a = w[i].to_le_bytes(),
+            Err(_) => c
+                .iter_mut()
+                .enumerate()
+                .for_each(|(k, b)| *b = (w[i] >> (8 * k)) as u8),
+        }
     }
 }
