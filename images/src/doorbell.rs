@@ -6,12 +6,12 @@
 //! optionally with one file descriptor attached through `SCM_RIGHTS`)
 //! 1. on connect: the protocol version `0`; the client's own peer id; `-1` with the
 //!    shared-memory fd;
-//! 2. for every peer already connected: its id once per vector, each with one of its
-//!    eventfds; every such peer is told the new client's id with each of the new
-//!    client's eventfds;
+//! 2. for every other end that ever had a client: its id once per vector, each with
+//!    one of its eventfds; on an end's first connection only, every connected peer
+//!    is told the new client's id with each of its eventfds;
 //! 3. the client's own id once per vector with its own eventfds (QEMU listens on
 //!    them: a peer's doorbell write to `(id << 16) | vector` signals them);
-//! 4. when a client disconnects, every other peer receives its id with no fd.
+//! 4. nothing when a client disconnects (see the eventfds below).
 //!
 //! # Design
 //! - **One socket per channel end**, not per channel or per system. The client
@@ -24,8 +24,16 @@
 //! - A client connecting to an occupied end waits up to [`WAIT_FOR_HANG_UP`] for the
 //!   occupant to hang up (a restarted VM may connect before its predecessor's
 //!   socket is gone), then is refused.
-//! - Eventfds are created per connection, so a restarted VM gets fresh ones and its
-//!   peers learn of the restart (disconnect, then connect).
+//! - Eventfds belong to an **end**, for the server's life: a restarted VM gets the
+//!   same ones as its predecessor, and its peers are told nothing, neither the
+//!   hang-up nor the new connection. QEMU 7.2's `ivshmem` frees a peer's eventfd
+//!   array on a disconnect notice ("id, no fd") and then writes into the freed array
+//!   when that id connects again: a restarted partition whose new VM later exited
+//!   made every peer's QEMU abort ("double free or corruption"). Fixed ids per end
+//!   therefore need fixed eventfds. A ring while the end has no VM is a write to an
+//!   eventfd the server holds; the next VM may see it as one spurious doorbell.
+//!   Whether a peer is alive is the channel's business (`layout::mark_dead`), not
+//!   the doorbell's.
 //!
 //! # Assumptions
 //! - Linux (`eventfd`, `SCM_RIGHTS`), x86_64 little-endian like QEMU's host.
@@ -130,6 +138,7 @@ impl DoorbellServer {
                 ends.push(End {
                     listener,
                     conn: None,
+                    eventfds: Vec::new(),
                     waiting: None,
                 });
             }
@@ -176,13 +185,14 @@ impl Drop for DoorbellServer {
 struct End {
     listener: UnixListener,
     conn: Option<Conn>,
+    /// One eventfd per vector, made at the end's first connection, kept for good.
+    eventfds: Vec<OwnedFd>,
     /// A client that connected while `conn` was still up, and until when it waits.
     waiting: Option<(UnixStream, Instant)>,
 }
 
 struct Conn {
     stream: UnixStream,
-    eventfds: Vec<OwnedFd>,
 }
 
 struct Chan {
@@ -304,43 +314,47 @@ impl Server {
 
     /// Runs the handshake with a client on a free end.
     fn serve(&mut self, c: usize, e: usize, stream: UnixStream) {
-        match self.handshake(c, e, stream) {
-            Ok(conn) => {
-                self.chans[c].ends[e].conn = Some(conn);
-                self.emit(Event::Connected {
-                    channel: c,
-                    peer: e,
-                });
-            }
-            Err(_) => self.disconnect(c, e),
+        // On a failed handshake, dropping the stream ends the client.
+        if let Ok(conn) = self.handshake(c, e, stream) {
+            self.chans[c].ends[e].conn = Some(conn);
+            self.emit(Event::Connected {
+                channel: c,
+                peer: e,
+            });
         }
     }
 
     fn handshake(&mut self, c: usize, e: usize, stream: UnixStream) -> io::Result<Conn> {
         stream.set_nonblocking(false)?;
         stream.set_write_timeout(Some(Duration::from_secs(1)))?;
-        let eventfds = (0..VECTORS)
-            .map(|_| eventfd())
-            .collect::<io::Result<Vec<_>>>()?;
+        let fresh = self.chans[c].ends[e].eventfds.is_empty();
+        if fresh {
+            self.chans[c].ends[e].eventfds = (0..VECTORS)
+                .map(|_| eventfd())
+                .collect::<io::Result<Vec<_>>>()?;
+        }
+        let ch = &self.chans[c];
+        let own: Vec<RawFd> = ch.ends[e].eventfds.iter().map(|f| f.as_raw_fd()).collect();
         let id = e as i64;
         let s = stream.as_raw_fd();
         send_msg(s, PROTOCOL_VERSION, None)?;
         send_msg(s, id, None)?;
-        send_msg(s, -1, Some(self.chans[c].shm.as_raw_fd()))?;
-        for (p, end) in self.chans[c].ends.iter().enumerate() {
-            let Some(peer) = &end.conn else { continue };
-            for fd in &eventfds {
-                // A peer that cannot be told will be dropped when it hangs up.
-                let _ = send_msg(peer.stream.as_raw_fd(), id, Some(fd.as_raw_fd()));
+        send_msg(s, -1, Some(ch.shm.as_raw_fd()))?;
+        for (p, end) in ch.ends.iter().enumerate().filter(|(p, _)| *p != e) {
+            if fresh && let Some(peer) = &end.conn {
+                for &fd in &own {
+                    // A peer that cannot be told will be dropped when it hangs up.
+                    let _ = send_msg(peer.stream.as_raw_fd(), id, Some(fd));
+                }
             }
-            for fd in &peer.eventfds {
+            for fd in &end.eventfds {
                 send_msg(s, p as i64, Some(fd.as_raw_fd()))?;
             }
         }
-        for fd in &eventfds {
-            send_msg(s, id, Some(fd.as_raw_fd()))?;
+        for &fd in &own {
+            send_msg(s, id, Some(fd))?;
         }
-        Ok(Conn { stream, eventfds })
+        Ok(Conn { stream })
     }
 
     fn readable(&mut self, c: usize, e: usize) {
@@ -355,7 +369,6 @@ impl Server {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             _ => {
                 self.chans[c].ends[e].conn = None;
-                self.disconnect(c, e);
                 self.emit(Event::Disconnected {
                     channel: c,
                     peer: e,
@@ -364,24 +377,13 @@ impl Server {
         }
     }
 
-    /// Drops end `e`'s connection and tells the others.
+    /// Drops end `e`'s connection (its peers are told nothing: see the module docs).
     fn hang_up(&mut self, c: usize, e: usize) {
         self.chans[c].ends[e].conn = None;
-        self.disconnect(c, e);
         self.emit(Event::Disconnected {
             channel: c,
             peer: e,
         });
-    }
-
-    /// Tells every other peer of channel `c` that `e` is gone.
-    fn disconnect(&mut self, c: usize, e: usize) {
-        for (p, end) in self.chans[c].ends.iter().enumerate() {
-            if let Some(peer) = end.conn.as_ref().filter(|_| p != e) {
-                // A peer that cannot be told is gone too: poll sees its hang-up.
-                let _ = send_msg(peer.stream.as_raw_fd(), e as i64, None);
-            }
-        }
     }
 }
 
