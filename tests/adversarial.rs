@@ -7,7 +7,10 @@
 //! - `rights.toml`: sends outside the rights table (no channel, tag out of range,
 //!   non-blocking not granted) get `PermissionDenied`; a PCI scan finds only the
 //!   channels a partition was given (none for a partition with no right);
-//! - `timeout.toml`: a blocking send to a peer that never receives ends in `Timeout`.
+//! - `timeout.toml`: a blocking send to a peer that never receives ends in `Timeout`;
+//! - `restart.toml`: a crashing service (`on_fault = "restart"`, one restart) is
+//!   convicted by the monitor, its channel revoked and reopened, restarted as
+//!   generation 1 on the monitor's command, and left dead when that one crashes too.
 //!
 //! Latencies the monitor logs are printed, not asserted (BENCHMARKS.md has them).
 
@@ -271,5 +274,51 @@ fn a_blocking_send_to_a_silent_peer_times_out() {
     // 300 ms deadline.
     assert_has(r, r#"{"op":"send","done":64,"outcome":"Timeout""#);
     assert_has(r, r#""expects_failed":0"#);
+    assert_clean(pid);
+}
+
+#[test]
+fn a_crashing_service_is_restarted_by_the_monitor_then_stays_dead() {
+    let d = TempDir::new("restart");
+    let (o, pid) = up("restart.toml", &d.0);
+    let all = text(&o);
+    // The worst outcome is the crasher's panic status (100); its peer and the
+    // monitor end well (their QEMUs survive the crasher's two exits).
+    assert_eq!(o.status.code(), Some(100), "{all}");
+    assert_has(
+        &all,
+        "crasher      status 100 (service panicked), 1 restart(s)",
+    );
+    assert_has(&all, "peer         status 0 (success)");
+    assert_has(&all, "monitor      status 0 (success)");
+    // The launcher restarted it only on the monitor's command.
+    assert_has(
+        &all,
+        "[vmpi] restart: crasher as generation 1 on the monitor's command",
+    );
+    let monitor = log(&d.0, "monitor");
+    let steps = [
+        "exit: p0.g0 ended with 0x64",
+        "verdict: Crashed { id: PartitionId { index: 0, generation: 0 }, status: 100",
+        "revoke: edge 0 (0 -> 1)",
+        "reopen: channel 0-1",
+        "restart: asked the launcher to start p0.g1",
+        "exit: p0.g1 ended with 0x64",
+        "verdict: Crashed { id: PartitionId { index: 0, generation: 1 }, status: 100",
+        "stopped: p0.g1 stays dead after 1 restart(s)",
+        "monitor: every partition has ended; stopping",
+    ];
+    let mut at = 0;
+    for s in steps {
+        let i = monitor[at..]
+            .find(s)
+            .unwrap_or_else(|| panic!("`{s}` missing or out of order in:\n{monitor}"));
+        at += i + s.len();
+    }
+    // Generation 1 ran the same script: both incarnations' logs are kept.
+    assert_eq!(
+        log(&d.0, "crasher").matches("scenario: fault step").count(),
+        2
+    );
     assert_clean(pid);
 }
