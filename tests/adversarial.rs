@@ -8,6 +8,9 @@
 //!   non-blocking not granted) get `PermissionDenied`; a PCI scan finds only the
 //!   channels a partition was given (none for a partition with no right);
 //! - `timeout.toml`: a blocking send to a peer that never receives ends in `Timeout`;
+//! - `corrupt.toml`: a peer writing a malformed message into its ring is refused
+//!   by the receiver, which keeps serving its other peer; the monitor logs the
+//!   receiver's report;
 //! - `restart.toml`: a crashing service (`on_fault = "restart"`, one restart) is
 //!   convicted by the monitor, its channel revoked and reopened, restarted as
 //!   generation 1 on the monitor's command, and left dead when that one crashes too.
@@ -320,5 +323,48 @@ fn a_crashing_service_is_restarted_by_the_monitor_then_stays_dead() {
         log(&d.0, "crasher").matches("scenario: fault step").count(),
         2
     );
+    assert_clean(pid);
+}
+
+#[test]
+fn a_peer_corrupting_its_ring_is_reported_and_the_receiver_serves_the_others() {
+    let d = TempDir::new("corrupt");
+    let (o, pid) = up("corrupt.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "every partition succeeded -> exit status 0");
+    let corrupter = log(&d.0, "corrupter");
+    assert_has(
+        report(&corrupter),
+        r#"{"op":"corrupt","done":1,"outcome":"ok","slot":10}"#,
+    );
+    // The sink took the 10 valid messages before the bad one, refused that one, and
+    // received every message of `good`, intact and in order.
+    let sink = log(&d.0, "sink");
+    let r = report(&sink);
+    let sum = scenario_checksum(1, 16, 1000);
+    assert_has(
+        r,
+        &format!(
+            r#"{{"from":1,"count":1000,"other":0,"bad":0,"in_order":true,"checksum":"{sum:#018x}"}}"#
+        ),
+    );
+    assert_has(
+        r,
+        r#"{"from":2,"count":0,"other":10,"bad":0,"in_order":true"#,
+    );
+    assert_has(r, r#""expects_failed":0"#);
+    // The receiver's malformed counter reached the monitor: a report, not a verdict
+    // against anyone (the corrupter is not killed on the receiver's word).
+    let monitor = log(&d.0, "monitor");
+    assert_has(
+        &monitor,
+        "malformed: p0.g0 counts 1 malformed message(s) from p2.g0",
+    );
+    assert_has(
+        &monitor,
+        "verdict: Reported { by: PartitionId { index: 0, generation: 0 }, peer: PartitionId { index: 2, generation: 0 }",
+    );
+    assert!(!monitor.contains("kill:"), "{monitor}");
     assert_clean(pid);
 }

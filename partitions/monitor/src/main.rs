@@ -42,7 +42,7 @@ use core::time::Duration;
 
 use interconnect::layout::{self, Counts, Geometry};
 use interconnect::shm::Region;
-use monitor::control::{CONTROL_LEN, Command, LauncherEvent};
+use monitor::control::{CONTROL_LEN, Command, FromPartition, LauncherEvent};
 use monitor::meter::{ChannelCounters, Counters, MeterConfig};
 use monitor::rights::RightsTable;
 use monitor::{Action, EdgeId, FloodAction, Monitor, PartitionId, SupervisorConfig, Verdict};
@@ -88,6 +88,8 @@ struct Watched {
     geometry: Geometry,
     meter: layout::Meter,
     counts: [Counts; 2],
+    /// Malformed messages each direction's receiver has reported so far.
+    malformed: [u64; 2],
     bell: Option<rt::Doorbell>,
 }
 
@@ -265,6 +267,7 @@ fn main() -> u8 {
             geometry,
             meter: layout::Meter::default(),
             counts: [Counts::default(); 2],
+            malformed: [0; 2],
             bell: shm.doorbell(),
         });
     }
@@ -340,6 +343,7 @@ fn main() -> u8 {
             },
         );
         s.execute(actions, None);
+        s.malformed_reports(t);
         s.last_poll_ns = t;
         for rec in s.control.take() {
             s.on_launcher(&rec);
@@ -378,6 +382,39 @@ impl State {
     fn read_counters(&mut self) {
         for c in &mut self.chans {
             c.counts = c.meter.read(&c.region, &c.geometry);
+        }
+    }
+
+    /// A receiver's malformed counter (in its consumer line, so it is the receiver's
+    /// word) that rose is its report against the sender: handed to the supervisor as
+    /// that receiver's `Malformed` record, which logs it (an accusation is not acted
+    /// upon).
+    fn malformed_reports(&mut self, t: u64) {
+        let mut reports = Vec::new();
+        for (&edge, &(c, d)) in &self.edges {
+            let ch = &mut self.chans[c];
+            let now_count = ch.counts[d].rx_malformed;
+            if now_count > ch.malformed[d] {
+                ch.malformed[d] = now_count;
+                let (from, to) = (ch.ends[d], ch.ends[1 - d]);
+                reports.push((edge, from, to, now_count));
+            }
+        }
+        for (edge, from, to, count) in reports {
+            let sup = self.monitor.supervisor();
+            let (Some(id), Some(peer)) = (sup.current(to), sup.current(from)) else {
+                continue;
+            };
+            rt::log!("malformed: {id} counts {count} malformed message(s) from {peer}");
+            let rec = FromPartition::Malformed {
+                id,
+                peer,
+                edge: EdgeId(edge),
+                offset: 0,
+            }
+            .encode();
+            let actions = self.monitor.on_partition(to, &rec, t);
+            self.execute(actions, None);
         }
     }
 
@@ -497,6 +534,7 @@ impl State {
                 }
                 ch.meter = layout::Meter::default();
                 ch.counts = [Counts::default(); 2];
+                ch.malformed = [0; 2];
             }
             self.monitor.reopened(edge, now(), Counters::default());
         }

@@ -14,6 +14,7 @@
 //! | `sleep:ms=M` | a deadline wait | `ok` |
 //! | `scan` | records how many ivshmem devices (channels) the runtime found on its PCI bus | `ok` |
 //! | `fault` | panics in the service (the runtime reports a fault) | |
+//! | `corrupt:to=R` | writes a malformed message (slot kind 0) into the next slot of its ring to `R`, published with a valid sequence number, and rings `R` | `ok` |
 //!
 //! Message `i` (from 0) of a `send` or `flood` by rank `s` holds `i` (u32 LE), `s`
 //! (u32 LE), then byte `k` = `i * 31 + k` (mod 256) up to its size. A receiver
@@ -40,7 +41,8 @@ use core::fmt::Write;
 use core::time::Duration;
 
 use fabric::Guest;
-use fabric::interconnect::{ANY_SOURCE, ANY_TAG, Deadline, Endpoint, Error};
+use fabric::interconnect::layout;
+use fabric::interconnect::{ANY_SOURCE, ANY_TAG, Deadline, Endpoint, Error, Platform};
 
 rt::entry!(main);
 
@@ -139,13 +141,14 @@ fn main() -> u8 {
     let mut last = String::from("ok");
     let mut failed = 0u32;
     let mut sources: BTreeMap<u32, Source> = BTreeMap::new();
+    let mut sent: BTreeMap<u32, u64> = BTreeMap::new();
     let _ = write!(
         out,
         "{{\"name\":\"{}\",\"rank\":{me},\"steps\":[",
         rt::arg("name").unwrap_or("")
     );
     for (n, step) in steps.iter().enumerate() {
-        let r = run(&mut ep, step, &mut sources);
+        let r = run(&mut ep, step, &mut sources, &mut sent);
         let (done, outcome, extra) = match r {
             Ok(x) => x,
             Err(e) => {
@@ -200,7 +203,12 @@ fn main() -> u8 {
 
 type Ran = Result<(u64, String, String), String>;
 
-fn run(ep: &mut Endpoint<Guest>, step: &Step<'_>, sources: &mut BTreeMap<u32, Source>) -> Ran {
+fn run(
+    ep: &mut Endpoint<Guest>,
+    step: &Step<'_>,
+    sources: &mut BTreeMap<u32, Source>,
+    sent: &mut BTreeMap<u32, u64>,
+) -> Ran {
     let w = ep.world();
     let me = ep.rank();
     match step.op {
@@ -225,6 +233,25 @@ fn run(ep: &mut Endpoint<Guest>, step: &Step<'_>, sources: &mut BTreeMap<u32, So
             ))
         }
         "fault" => panic!("scenario: fault step"),
+        "corrupt" => {
+            let to = step.num("to", None)? as u32;
+            let Some(ch) = ep.channel(to) else {
+                return Ok((0, "PermissionDenied".into(), String::new()));
+            };
+            let r = ch.region();
+            let g = layout::read_header(r)
+                .map_err(|e| format!("corrupt: channel header: {e:?}"))?
+                .0;
+            // The next slot of the direction this partition sends on.
+            let n = sent.get(&to).copied().unwrap_or(0);
+            let off = g.dir(ch.side()).slots + layout::LINE * (n % u64::from(g.slots)) as usize;
+            let mut body = [0u8; layout::SLOT - 4];
+            body[..4].copy_from_slice(&1u32.to_le_bytes()); // tag 1, length 0, kind 0
+            r.write(off + 4, &body);
+            r.store32(off, (n + 1) as u32, core::sync::atomic::Ordering::Release);
+            ep.platform().ring(to);
+            Ok((1, "ok".into(), format!(",\"slot\":{n}")))
+        }
         "send" | "flood" => {
             let to = step.num("to", None)? as u32;
             let tag = step.num("tag", Some(0))? as u32;
@@ -261,6 +288,7 @@ fn run(ep: &mut Endpoint<Guest>, step: &Step<'_>, sources: &mut BTreeMap<u32, So
                 }
             };
             let us = t0.elapsed().as_micros();
+            *sent.entry(to).or_default() += u64::from(i);
             Ok((
                 u64::from(i),
                 outcome,
@@ -316,9 +344,11 @@ fn run(ep: &mut Endpoint<Guest>, step: &Step<'_>, sources: &mut BTreeMap<u32, So
                         got += 1;
                     }
                     // One peer's channel failing is its problem; keep serving the others.
-                    Err(e @ (Error::Revoked { .. } | Error::PeerDead { .. }))
-                        if from == ANY_SOURCE =>
-                    {
+                    Err(
+                        e @ (Error::Revoked { .. }
+                        | Error::PeerDead { .. }
+                        | Error::Malformed { .. }),
+                    ) if from == ANY_SOURCE => {
                         link_errors += 1;
                         last_link_error = name(&e);
                         if link_errors > 1000 {
