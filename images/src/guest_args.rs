@@ -16,6 +16,9 @@
 //! | `need_shm` | runtime key (`abi::key`), only with channels: how many ivshmem devices must be found | `need_shm=2` |
 //! | `need_doorbell` | runtime key, only with channels: `1` = doorbells (MSI-X) required | `need_doorbell=1` |
 //! | `pci_ecam` | runtime key, only on `machine = "q35"`: its ECAM address | `pci_ecam=0xb0000000` |
+//! | `watch` | monitor partition only, once per channel of the system: `SLOT:LO:HI` (see [`monitor_slots`]) | `watch=3:1:2` |
+//! | `control` | monitor partition only: PCI slot of the control region | `control=5` |
+//! | `period_ms`, `on_flood` | monitor partition only: from `[monitor]` | `period_ms=1 on_flood=kill` |
 //! | `tsc_khz` | host TSC frequency in kHz (runtime key) | `tsc_khz=2995200` |
 //! | ... | the partition's own `args` from the manifest, last | `greeting=hi` |
 //!
