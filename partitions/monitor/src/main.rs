@@ -32,6 +32,8 @@
 //!   are not counted), so it can only under-count.
 #![no_std]
 #![no_main]
+// Unsafe in one place only: `channel_region`.
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
@@ -115,6 +117,7 @@ impl ChannelCounters for Sampled<'_> {
 }
 
 /// The one place that turns a PCI BAR into a [`Region`].
+#[allow(unsafe_code)]
 fn channel_region(shm: &ShmRegion) -> Region {
     // SAFETY: the runtime mapped this BAR (`len` bytes) into the service for the
     // partition's whole life and never unmaps it; other VMs and the launcher write it
