@@ -215,7 +215,8 @@ static FILES: OnceLock<Vec<CString>> = OnceLock::new();
 static CHILDREN: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
 
 /// Registers the files to remove and installs the handler for SIGINT, SIGTERM and
-/// SIGHUP: it kills the two peers, removes the files and exits with 128 + signal.
+/// SIGHUP: it kills and reaps the two peers, removes the files and exits with
+/// 128 + signal.
 pub fn cleanup_on_signals(files: &[PathBuf]) {
     let names = files
         .iter()
@@ -238,8 +239,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
     for c in &CHILDREN {
         let pid = c.load(std::sync::atomic::Ordering::SeqCst);
         if pid > 0 {
-            // SAFETY: kill is async-signal-safe; pid is a child this process started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: kill and waitpid are async-signal-safe; pid is a child this process
+            // started and has not reaped (reaping it here leaves no zombie behind).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
         }
     }
     if let Some(files) = FILES.get() {
