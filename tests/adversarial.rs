@@ -11,6 +11,9 @@
 //! - `corrupt.toml`: a peer writing a malformed message into its ring is refused
 //!   by the receiver, which keeps serving its other peer; the monitor logs the
 //!   receiver's report;
+//! - `hostile.toml`: garbage, or a record naming another partition, sent on a
+//!   control channel to the monitor convicts the sender as hostile (revoked, killed);
+//!   valid heartbeats convict nobody;
 //! - `restart.toml`: a crashing service (`on_fault = "restart"`, one restart) is
 //!   convicted by the monitor, its channel revoked and reopened, restarted as
 //!   generation 1 on the monitor's command, and left dead when that one crashes too.
@@ -366,5 +369,36 @@ fn a_peer_corrupting_its_ring_is_reported_and_the_receiver_serves_the_others() {
         "verdict: Reported { by: PartitionId { index: 0, generation: 0 }, peer: PartitionId { index: 2, generation: 0 }",
     );
     assert!(!monitor.contains("kill:"), "{monitor}");
+    assert_clean(pid);
+}
+
+#[test]
+fn garbage_on_a_control_channel_to_the_monitor_is_hostile() {
+    let d = TempDir::new("hostile");
+    let (o, pid) = up("hostile.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(137), "{all}");
+    assert_has(&all, "liar         killed on the monitor's verdict");
+    assert_has(&all, "impostor     killed on the monitor's verdict");
+    assert_has(&all, "honest       status 0 (success)");
+    assert_has(&all, "monitor      status 0 (success)");
+    let monitor = log(&d.0, "monitor");
+    // Valid heartbeats convict nobody; garbage and a record naming another
+    // partition convict their sender (known by the channel, not the record).
+    assert_has(
+        &monitor,
+        "verdict: Hostile { from: PartitionId { index: 0, generation: 0 }, reason: BadMagic",
+    );
+    assert_has(
+        &monitor,
+        "verdict: Hostile { from: PartitionId { index: 1, generation: 0 }, reason: Impersonation",
+    );
+    assert_has(&monitor, "revoke: edge 0 (0 -> 3)");
+    assert_has(&monitor, "revoke: edge 1 (1 -> 3)");
+    assert!(
+        !monitor.contains("index: 2, generation: 0 }, reason"),
+        "{monitor}"
+    );
+    assert_has(report(&log(&d.0, "honest")), r#""expects_failed":0"#);
     assert_clean(pid);
 }

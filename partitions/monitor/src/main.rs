@@ -20,6 +20,14 @@
 //! BENCHMARKS.md). With `wait=spin` among
 //! its manifest `args` it spins between samples instead of blocking.
 //!
+//! # Control channels
+//! A partition granted a right to the monitor partition sends it control records
+//! (`monitor::control::FromPartition`, 32 bytes, any tag) on that channel: the
+//! monitor receives them through an ordinary endpoint over its own `ch=` channels
+//! (non-blocking, every round) and hands each to the supervisor as coming from the
+//! channel's other end, whatever the record says. A record that does not decode, or
+//! names another partition, convicts its sender as hostile (revoke, kill).
+//!
 //! A partition that ends with a status of its own (0..=99) simply ended; any other
 //! exit is handed to the supervisor as a crash. The monitor ends (status 0) once
 //! every other partition has ended for good.
@@ -200,6 +208,8 @@ struct PendingKill {
 
 struct State {
     monitor: Monitor,
+    /// The monitor's own channels (control channels of the partitions that have one).
+    endpoint: Option<interconnect::Endpoint<fabric::Guest>>,
     chans: Vec<Watched>,
     /// edge id → (channel, direction).
     edges: BTreeMap<u16, (usize, usize)>,
@@ -300,8 +310,15 @@ fn main() -> u8 {
         on_flood,
     };
     let monitor = Monitor::new(table, MeterConfig::default(), config, t0);
+    // Its own channels, if any: the partitions' control channels.
+    let endpoint = if rt::args().any(|(k, _)| k == "ch") {
+        Some(fabric::endpoint_or_exit())
+    } else {
+        None
+    };
     let mut s = State {
         monitor,
+        endpoint,
         chans,
         edges,
         control: Control {
@@ -347,6 +364,7 @@ fn main() -> u8 {
         );
         s.execute(actions, None);
         s.malformed_reports(t);
+        s.control_records(t);
         s.last_poll_ns = t;
         for rec in s.control.take() {
             s.on_launcher(&rec);
@@ -417,6 +435,40 @@ impl State {
             }
             .encode();
             let actions = self.monitor.on_partition(to, &rec, t);
+            self.execute(actions, None);
+        }
+    }
+
+    /// Takes the records waiting on the partitions' control channels (at most 64 a
+    /// round), each judged as coming from the channel's other end.
+    fn control_records(&mut self, t: u64) {
+        let Some(ep) = self.endpoint.as_mut() else {
+            return;
+        };
+        let w = ep.world();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        for _ in 0..64 {
+            match ep.recv(
+                &w,
+                interconnect::ANY_SOURCE,
+                interconnect::ANY_TAG,
+                &mut buf,
+                interconnect::Deadline::NOW,
+            ) {
+                Ok(st) => got.push((st.source, buf[..st.len.min(buf.len())].to_vec())),
+                // Longer than any record: hostile too (its length says so).
+                Err(interconnect::Error::Truncated { rank, len, .. }) => {
+                    got.push((rank, vec![0u8; len.min(buf.len() + 1)]))
+                }
+                Err(_) => break,
+            }
+        }
+        for (from, rec) in got {
+            let Ok(owner) = u16::try_from(from) else {
+                continue;
+            };
+            let actions = self.monitor.on_partition(owner, &rec, t);
             self.execute(actions, None);
         }
     }
@@ -609,7 +661,8 @@ impl State {
             if dead {
                 let after = |x: u64| x.saturating_sub(k.crossed_after_ns) / 1000;
                 rt::log!(
-                    "killed: {} gone at {t} ns; after the last sample within quota ({} ns): \
+                    "killed: {} gone at {t} ns; after the sample before the verdict ({} ns; for a \
+                     flood, the last one within quota): \
                      convicted {} us, revoked {} us, kill asked {} us, VM gone {} us",
                     k.id,
                     k.crossed_after_ns,

@@ -14,6 +14,7 @@
 //! | `sleep:ms=M` | a deadline wait | `ok` |
 //! | `scan` | records how many ivshmem devices (channels) the runtime found on its PCI bus | `ok` |
 //! | `fault` | panics in the service (the runtime reports a fault) | |
+//! | `control:to=R,record=heartbeat\|garbage\|impersonate` | sends one control record to the monitor partition `R` on its channel: a valid heartbeat, 32 bytes of garbage, or a heartbeat claiming to come from another partition | `ok` or the send's error |
 //! | `corrupt:to=R` | writes a malformed message (slot kind 0) into the next slot of its ring to `R`, published with a valid sequence number, and rings `R` | `ok` |
 //!
 //! Message `i` (from 0) of a `send` or `flood` by rank `s` holds `i` (u32 LE), `s`
@@ -233,6 +234,25 @@ fn run(
             ))
         }
         "fault" => panic!("scenario: fault step"),
+        "control" => {
+            let to = step.num("to", None)? as u32;
+            let own = monitor::PartitionId::new(me as u16, 0);
+            let other = monitor::PartitionId::new((me as u16).wrapping_add(1), 0);
+            let rec = match step.get("record") {
+                Some("heartbeat") => {
+                    monitor::control::FromPartition::Heartbeat { id: own }.encode()
+                }
+                Some("impersonate") => {
+                    monitor::control::FromPartition::Heartbeat { id: other }.encode()
+                }
+                Some("garbage") => [0xAB; monitor::control::CONTROL_LEN],
+                r => return Err(format!("control: bad record=`{}`", r.unwrap_or(""))),
+            };
+            Ok(match ep.send(&w, to, 0, &rec, ep.after_ms(5_000)) {
+                Ok(()) => (1, "ok".into(), String::new()),
+                Err(e) => (0, name(&e), String::new()),
+            })
+        }
         "corrupt" => {
             let to = step.num("to", None)? as u32;
             let Some(ch) = ep.channel(to) else {
