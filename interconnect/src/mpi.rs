@@ -419,16 +419,16 @@ impl<P: Platform> Endpoint<P> {
 
     /// World rank of `dest` in `comm` after the rights checks, touching no shared memory.
     fn route(&self, comm: &Comm, dest: Rank, tag: u32, nonblocking: bool) -> Result<Rank, Error> {
-        let denied = Error::PermissionDenied { rank: dest, tag };
-        let w = comm.world_rank(dest).ok_or(denied.clone())?;
+        let denied = || Error::PermissionDenied { rank: dest, tag };
+        let w = comm.world_rank(dest).ok_or_else(denied)?;
         let l = self
             .links
             .get(w as usize)
             .and_then(|l| l.as_ref())
-            .ok_or(denied.clone())?;
+            .ok_or_else(denied)?;
         let r = &l.rights;
         if !r.send || tag < r.tags.0 || tag > r.tags.1 || (nonblocking && !r.nonblocking) {
-            return Err(denied);
+            return Err(denied());
         }
         if let Some(e) = &l.failed {
             return Err(e.clone());
@@ -441,15 +441,15 @@ impl<P: Platform> Endpoint<P> {
         let src = if src == ANY_SOURCE {
             None
         } else {
-            let denied = Error::PermissionDenied { rank: src, tag };
-            let w = comm.world_rank(src).ok_or(denied.clone())?;
+            let denied = || Error::PermissionDenied { rank: src, tag };
+            let w = comm.world_rank(src).ok_or_else(denied)?;
             let l = self
                 .links
                 .get(w as usize)
                 .and_then(|l| l.as_ref())
-                .ok_or(denied.clone())?;
+                .ok_or_else(denied)?;
             if !l.rights.recv {
-                return Err(denied);
+                return Err(denied());
             }
             if let Some(e) = &l.failed {
                 return Err(e.clone());
