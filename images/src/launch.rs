@@ -979,6 +979,84 @@ mod tests {
     }
 
     #[test]
+    fn monitor_commands_for_stale_or_forbidden_ids_are_ignored() {
+        use monitor::PartitionId;
+        use monitor::control::{Command as Cmd, LauncherEvent};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/five.toml");
+        let sys = crate::manifest::load(&path).unwrap();
+        assert_eq!(sys.monitor.partition, Some(4));
+        let opts = UpOptions {
+            qemu: "/nonexistent/qemu".into(),
+            uhyve: None,
+            accel: Accel::Tcg,
+            images: vec![PathBuf::new(); 5],
+            log_dir: std::env::temp_dir(),
+            timeout: None,
+            tsc_khz: 1,
+            echo: false,
+        };
+        let mut vms: Vec<Vm> = (0..5)
+            .map(|rank| Vm {
+                rank,
+                child: None,
+                qmp: PathBuf::new(),
+                started: Instant::now(),
+                channels: 0,
+                connected: 0,
+                up: false,
+                restarts: 0,
+                outcome: None,
+                readers: Vec::new(),
+            })
+            .collect();
+        // Rank 0 runs as generation 1 (restarted once).
+        vms[0].child = Some(Command::new("sleep").arg("30").spawn().unwrap());
+        vms[0].restarts = 1;
+        vms[4].child = Some(Command::new("sleep").arg("30").spawn().unwrap());
+        let mut reports = Vec::new();
+        let mut send = |vms: &mut Vec<Vm>, command| {
+            let r = Received {
+                command,
+                monitor_ns: 0,
+            };
+            carry_out(
+                &sys,
+                &opts,
+                Path::new("/nonexistent"),
+                vms,
+                &[],
+                r,
+                &mut reports,
+            )
+            .unwrap();
+        };
+        // A kill naming the old incarnation does not touch the new one.
+        send(&mut vms, Cmd::Kill(PartitionId::new(0, 0)));
+        assert!(vms[0].child.as_mut().unwrap().try_wait().unwrap().is_none());
+        // Nor does a restart while it runs, nor a kill of the monitor itself.
+        send(&mut vms, Cmd::Restart(PartitionId::new(0, 2)));
+        send(&mut vms, Cmd::Kill(PartitionId::new(4, 0)));
+        assert!(vms[4].child.as_mut().unwrap().try_wait().unwrap().is_none());
+        // A kill naming the current incarnation kills it and is reported back.
+        send(&mut vms, Cmd::Kill(PartitionId::new(0, 1)));
+        assert!(vms[0].child.is_none());
+        assert_eq!(vms[0].outcome, Some(Outcome::Killed));
+        // A restart that skips a generation is refused (no spawn is attempted).
+        send(&mut vms, Cmd::Restart(PartitionId::new(0, 3)));
+        assert!(vms[0].child.is_none() && vms[0].restarts == 1);
+        let mut c = vms[4].child.take().unwrap();
+        let _ = c.kill();
+        let _ = c.wait();
+        assert_eq!(
+            reports,
+            vec![LauncherEvent::Exited {
+                id: PartitionId::new(0, 1),
+                status: 0x209
+            }]
+        );
+    }
+
+    #[test]
     fn stale_files_of_dead_runs_are_swept() {
         // A pid that existed and is gone: our own finished child.
         let mut c = Command::new("true").spawn().unwrap();
