@@ -966,12 +966,6 @@ impl<P: Platform> Endpoint<P> {
         // liveness), looking at the clock every 64 polls only.
         let mut end = None;
         for i in 0u64.. {
-            if let Some(env) = l.ch.rx.take_inline_if(buf, |e| m.hit(w, e))? {
-                if l.ch.rx.peer_waiting() {
-                    self.p.ring(w);
-                }
-                return Ok(Some(m.status(w, &env)));
-            }
             match l.ch.rx.peek()? {
                 None if dl == Deadline::NOW => return Ok(None),
                 None => {

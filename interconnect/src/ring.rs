@@ -336,7 +336,6 @@ impl Rx {
     }
 
     /// Reads and validates the next slot, if it is published.
-    #[inline]
     fn slot(&mut self) -> Result<Option<Slotv>, Error> {
         if self.broken {
             return Err(Error::Malformed {
@@ -508,27 +507,6 @@ impl Rx {
             }
         }
         Ok(None)
-    }
-
-    /// Fast path for small messages: if the next message is inline, fits `dst` and
-    /// `want`s its envelope, takes it (no second decode, no copy of the slot through
-    /// memory) and returns the envelope; otherwise leaves it for `peek`/`take`.
-    pub fn take_inline_if(
-        &mut self,
-        dst: &mut [u8],
-        want: impl Fn(&Envelope) -> bool,
-    ) -> Result<Option<Envelope>, Error> {
-        if self.cur.is_some() {
-            return Ok(None);
-        }
-        match self.slot()? {
-            Some(s) if s.kind == KIND_INLINE && s.env.len <= dst.len() && want(&s.env) => {
-                unpack(s.inline, &mut dst[..s.env.len]);
-                self.consume(&s);
-                Ok(Some(s.env))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// True if the message `peek` returned sits whole in its first slot (inline, or one
