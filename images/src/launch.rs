@@ -551,6 +551,11 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                 continue;
             };
             let p = &sys.partitions[run.vms[i].rank];
+            let others_run = run
+                .vms
+                .iter()
+                .enumerate()
+                .any(|(j, v)| j != i && v.child.is_some());
             let vm = &mut run.vms[i];
             vm.child = None;
             for r in vm.readers.drain(..) {
@@ -563,6 +568,9 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                 p.name,
                 vm.started.elapsed().as_millis()
             ));
+            if watcher == Some(vm.rank) && others_run {
+                say("the monitor partition ended first: no more metering or verdicts in this run");
+            }
             if watcher.is_some() && watcher != Some(vm.rank) {
                 reports.push(monitor::control::LauncherEvent::Exited {
                     id: monitor::PartitionId::new(vm.rank as u16, vm.restarts as u16),
