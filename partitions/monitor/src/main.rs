@@ -36,8 +36,9 @@
 //! - The launcher is trusted for the rights table and the command line; its exit
 //!   records are still decoded strictly, and anything else in the region is bounded.
 //! - Revoking is the control word of the whole channel (both directions).
-//! - The byte meter counts data-area bytes only (inline payloads of up to 16 bytes
-//!   are not counted), so it can only under-count.
+//! - The byte meter is `layout::Meter`'s sum over the slots it saw (slots reused
+//!   between two samples are missed), so it can only under-count bytes; messages are
+//!   counted exactly.
 #![no_std]
 #![no_main]
 // Unsafe in one place only: `channel_region`.
