@@ -419,12 +419,14 @@ impl Rx {
             self.r.store64(self.d.data_tail(), self.data_tail, Release);
         }
         // The sender can be blocked for credit only if the ring is full (then the next
-        // slot is already published) or it waits for data-area space (a fragment was
-        // just freed). Only then the full barrier before `peer_waiting` reads its flag;
-        // small messages in request/reply traffic skip it. (A store of ours delayed
-        // past that check costs at most the bounded re-check of a sleeping sender.)
+        // slot is already published) or it waits for data-area space in the middle of a
+        // message (a fragment that is not the last one was just freed). Once it has
+        // nothing outstanding it has all the credit there is. Only then the full barrier
+        // before `peer_waiting` reads its flag; request/reply traffic skips it. (A store
+        // of ours delayed past that check costs at most a sleeper's bounded re-check.)
+        let midway = frag && (sv.frag.offset as usize + sv.frag.chunk as usize) < sv.env.len;
         let next = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
-        self.wake_check = frag || self.r.load32(next + SEQ, Relaxed) == (self.next + 1) as u32;
+        self.wake_check = midway || self.r.load32(next + SEQ, Relaxed) == (self.next + 1) as u32;
         if self.wake_check {
             self.r.swap64(self.d.consumed(), self.next);
         } else {
