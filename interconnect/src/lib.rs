@@ -89,9 +89,11 @@
 //! - Wake-ups: a waiter spins [`Platform::spin_ns`], then sets a wake flag in the
 //!   channel, re-polls and blocks; a sender reads the flag after a full barrier (the
 //!   `xchg` that publishes the slot). On the credit path the receiver only pays that
-//!   barrier when the sender can be blocked (ring full, or a fragment freed); a
-//!   sleeping waiter re-checks at least every 20 ms, so a lost wake-up (not expected,
-//!   but not model-checked) costs time, never a hang.
+//!   barrier when the sender can be blocked (ring full, or a fragment freed in the
+//!   middle of a message); a sleeping waiter re-checks at least every 20 ms, so a lost
+//!   wake-up (not expected, but not model-checked) costs time, never a hang.
+//! - Polling reads one word of the next slot per iteration (a second read per poll
+//!   measurably slowed cross-core hand-over: the poller steals the line back).
 //! - Every loop over peer-controlled data is bounded (slots per call, 4096 messages per
 //!   progress step, `slots` steps per meter read).
 //! - An endpoint is used by one thread at a time (`&mut self`); it is `Send`.
