@@ -3,26 +3,10 @@
 //! `ivshmem-plain` device, by the monitor partition. Neither side ever blocks on the
 //! other: each polls the other's queue head.
 //!
-//! ```text
-//! offset  0      magic u64 "VMPICTL1"      written once by the launcher
-//!         8      table_len u32              length of the rights table at TABLE
-//!        64      m2l head u64               records the monitor published
-//!       128      m2l tail u64               records the launcher consumed
-//!       192      l2m head u64               records the launcher published
-//!       256      l2m tail u64               records the monitor consumed
-//!       320      ready u64                  the monitor's clock (ns) once it runs
-//!      4096      TABLE: monitor::RightsTable::encode(), at most 60 KiB
-//!     65536      m2l slots: QUEUE x 64 B = control record (32 B) | monitor ns u64 | 0
-//!     81920      l2m slots: QUEUE x 64 B = control record (32 B) | 0
-//! ```
-//!
-//! Record `i` of a queue lives in slot `i mod QUEUE`; the writer fills the slot, then
-//! publishes `head = i + 1` (release); the reader reads slots below `head`, then
-//! publishes `tail`. A writer finding `head - tail == QUEUE` keeps its records for
-//! later. Monitor → launcher records are [`monitor::control::Command`]s; launcher →
-//! monitor records are [`monitor::control::LauncherEvent`]s; both decoded strictly.
-//! The partition side is `partitions/monitor/src/main.rs` (module `region`), which
-//! mirrors these constants.
+//! The layout (offsets, queue and slot sizes) is [`monitor::region`], shared with the
+//! monitor partition. Monitor → launcher records are [`monitor::control::Command`]s;
+//! launcher → monitor records are [`monitor::control::LauncherEvent`]s; both decoded
+//! strictly.
 //!
 //! # Assumptions
 //! - The monitor partition is not trusted with the launcher's memory: the launcher
@@ -35,34 +19,7 @@ use std::sync::atomic::Ordering::{Acquire, Release};
 use interconnect::shm::Region;
 use monitor::control::{CONTROL_LEN, Command, LauncherEvent};
 
-/// Size of the control file (one 2 MiB page in the guest).
-pub const BYTES: u64 = 2 << 20;
-/// First word: "VMPICTL1".
-pub const MAGIC: u64 = u64::from_le_bytes(*b"VMPICTL1");
-/// Offset of the rights table length.
-pub const TABLE_LEN: usize = 8;
-/// Offset of the monitor → launcher head.
-pub const M2L_HEAD: usize = 64;
-/// Offset of the monitor → launcher tail.
-pub const M2L_TAIL: usize = 128;
-/// Offset of the launcher → monitor head.
-pub const L2M_HEAD: usize = 192;
-/// Offset of the launcher → monitor tail.
-pub const L2M_TAIL: usize = 256;
-/// Offset of the monitor's ready word (its clock when it started polling).
-pub const READY: usize = 320;
-/// Offset of the rights table.
-pub const TABLE: usize = 4096;
-/// Largest rights table.
-pub const TABLE_MAX: usize = 60 << 10;
-/// Offset of the monitor → launcher slots.
-pub const M2L_SLOTS: usize = 65536;
-/// Offset of the launcher → monitor slots.
-pub const L2M_SLOTS: usize = 81920;
-/// Records per queue.
-pub const QUEUE: u64 = 256;
-/// Bytes per slot.
-pub const SLOT: usize = 64;
+pub use monitor::region::*;
 
 /// The launcher's side of the control region.
 pub struct ControlRegion {
@@ -126,7 +83,7 @@ impl ControlRegion {
             return out;
         }
         while self.m2l_tail < head {
-            let off = M2L_SLOTS + SLOT * (self.m2l_tail % QUEUE) as usize;
+            let off = slot(M2L_SLOTS, self.m2l_tail);
             let mut rec = [0u8; CONTROL_LEN];
             self.region.read(off, &mut rec);
             let monitor_ns = self.region.load64(off + CONTROL_LEN, Acquire);
@@ -150,7 +107,7 @@ impl ControlRegion {
         if self.l2m_head.wrapping_sub(tail) >= QUEUE {
             return false;
         }
-        let off = L2M_SLOTS + SLOT * (self.l2m_head % QUEUE) as usize;
+        let off = slot(L2M_SLOTS, self.l2m_head);
         self.region.write(off, &ev.encode());
         self.l2m_head += 1;
         self.region.store64(L2M_HEAD, self.l2m_head, Release);

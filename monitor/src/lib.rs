@@ -13,6 +13,7 @@
 //! | [`wire`] | the published binary image of a table or view and its defensive decoder |
 //! | [`meter`] | token buckets per edge fed by producer counters; flood and tamper detection |
 //! | [`control`] | fixed-size control records between partitions, launcher and monitor |
+//! | [`region`] | the layout of the control region between the launcher and the monitor partition |
 //! | [`supervisor`] | generational ids, failure policies, the decisions; [`Monitor`] ties it up |
 //! | [`verdict`] | verdicts with their evidence |
 //!
@@ -69,6 +70,7 @@ extern crate alloc;
 pub mod control;
 pub mod id;
 pub mod meter;
+pub mod region;
 pub mod rights;
 pub mod supervisor;
 pub mod verdict;

@@ -55,29 +55,12 @@ use interconnect::layout::{self, Counts, Geometry};
 use interconnect::shm::Region;
 use monitor::control::{CONTROL_LEN, Command, FromPartition, LauncherEvent};
 use monitor::meter::{ChannelCounters, Counters, MeterConfig};
+use monitor::region;
 use monitor::rights::RightsTable;
 use monitor::{Action, EdgeId, FloodAction, Monitor, PartitionId, SupervisorConfig, Verdict};
 use rt::ShmRegion;
 
 rt::entry!(main);
-
-/// The control region's layout: mirrors `images/src/control_region.rs` (the
-/// definition).
-mod region {
-    pub const MAGIC: u64 = u64::from_le_bytes(*b"VMPICTL1");
-    pub const TABLE_LEN: usize = 8;
-    pub const M2L_HEAD: usize = 64;
-    pub const M2L_TAIL: usize = 128;
-    pub const L2M_HEAD: usize = 192;
-    pub const L2M_TAIL: usize = 256;
-    pub const READY: usize = 320;
-    pub const TABLE: usize = 4096;
-    pub const TABLE_MAX: usize = 60 << 10;
-    pub const M2L_SLOTS: usize = 65536;
-    pub const L2M_SLOTS: usize = 81920;
-    pub const QUEUE: u64 = 256;
-    pub const SLOT: usize = 64;
-}
 
 /// Exit statuses.
 mod status {
@@ -169,7 +152,7 @@ impl Control {
             if self.m2l_head.wrapping_sub(tail) >= region::QUEUE {
                 return;
             }
-            let off = region::M2L_SLOTS + region::SLOT * (self.m2l_head % region::QUEUE) as usize;
+            let off = region::slot(region::M2L_SLOTS, self.m2l_head);
             let _ = self.shm.write_bytes(off, &cmd.encode());
             let _ = self.shm.store_u64(off + CONTROL_LEN, now());
             self.m2l_head += 1;
@@ -184,7 +167,7 @@ impl Control {
         let mut out = Vec::new();
         let n = head.saturating_sub(self.l2m_tail).min(region::QUEUE);
         for _ in 0..n {
-            let off = region::L2M_SLOTS + region::SLOT * (self.l2m_tail % region::QUEUE) as usize;
+            let off = region::slot(region::L2M_SLOTS, self.l2m_tail);
             let mut rec = [0u8; CONTROL_LEN];
             let _ = self.shm.read_bytes(off, &mut rec);
             out.push(rec);
