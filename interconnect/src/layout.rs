@@ -6,7 +6,8 @@
 //!           │                world ranks of side 0 and 1    │ launcher (trusted)
 //!       64  ├───────────────────────────────────────────────┤
 //!           │ Control (64 B) control word (OPEN/REVOKED),   │ owned by the monitor
-//!           │                liveness of side 0 and 1       │ and the launcher
+//!           │                liveness, generation of side   │ and the launcher
+//!           │                0 and 1                        │
 //!      128  ├───────────────────────────────────────────────┤
 //!           │ direction 0 (side 0 → side 1), 3 lines:       │
 //!           │   Producer line: data_head, malformed         │ written by the sender
@@ -103,8 +104,11 @@ pub struct Control {
     pub control: u32,
     /// Liveness of side 0 and 1 ([`ALIVE`] / [`DEAD`]).
     pub alive: [u32; 2],
+    /// Generation (incarnation) of side 0 and 1, set at [`reopen`]; an endpoint
+    /// attached to an older generation of its peer gets `PeerDead`.
+    pub generation: [u32; 2],
     /// Reserved, zero.
-    pub reserved: [u32; 13],
+    pub reserved: [u32; 11],
 }
 
 /// Producer line of one direction (written by the sender).
@@ -185,6 +189,10 @@ pub const CONTROL: usize = LINE + offset_of!(Control, control);
 /// Offset of side `s`'s liveness word.
 pub const fn alive_off(side: usize) -> usize {
     LINE + offset_of!(Control, alive) + 4 * side
+}
+/// Offset of side `s`'s generation word.
+pub const fn generation_off(side: usize) -> usize {
+    LINE + offset_of!(Control, generation) + 4 * side
 }
 const DIRS: usize = 2 * LINE;
 const SLOTS: usize = DIRS + 6 * LINE;
@@ -301,9 +309,17 @@ impl Dir {
 }
 
 /// Initialises a channel region (the launcher's job): zeroes it, writes the header,
-/// opens the channel and marks both sides alive. `ranks` are the world ranks of side 0
-/// and side 1 (side 0 must be the lower).
+/// opens the channel and marks both sides alive, as generation 0. `ranks` are the world
+/// ranks of side 0 and side 1 (side 0 must be the lower).
 pub fn init(region: &Region, g: Geometry, ranks: [Rank; 2]) -> Result<(), Error> {
+    reopen(region, g, ranks, [0; 2])
+}
+
+/// Monitor: re-initialises a channel like [`init`] for the given generations of its
+/// sides (a restarted partition's side gets its new generation; the surviving peer's
+/// endpoint then gets `PeerDead` until it re-attaches). The generations are written
+/// before the channel opens.
+pub fn reopen(region: &Region, g: Geometry, ranks: [Rank; 2], gens: [u32; 2]) -> Result<(), Error> {
     g.validate()?;
     if ranks[0] >= ranks[1] {
         return Err(Error::config(
@@ -335,6 +351,8 @@ pub fn init(region: &Region, g: Geometry, ranks: [Rank; 2]) -> Result<(), Error>
     region.write(0, h.as_bytes());
     region.store32(alive_off(0), ALIVE, Relaxed);
     region.store32(alive_off(1), ALIVE, Relaxed);
+    region.store32(generation_off(0), gens[0], Relaxed);
+    region.store32(generation_off(1), gens[1], Relaxed);
     region.store32(CONTROL, OPEN, Release);
     Ok(())
 }

@@ -47,7 +47,9 @@
 //!   [`Endpoint::gather`], [`Endpoint::scatter`], [`Endpoint::reduce`],
 //!   [`Endpoint::allreduce`] ([`Op`] on `u64`).
 //! - Monitor hooks on a channel region: [`layout::Meter`] (messages, data bytes,
-//!   malformed counters), [`layout::revoke`], [`layout::mark_dead`].
+//!   malformed counters), [`layout::revoke`], [`layout::mark_dead`], [`layout::reopen`]
+//!   (a new generation of a side: its peer gets `PeerDead` until
+//!   [`Endpoint::reattach`]).
 //! - Low level: [`ring::Channel`] = [`ring::Tx`] + [`ring::Rx`] over a [`shm::Region`],
 //!   non-blocking, no matching (what the loom test and a raw benchmark use).
 //!

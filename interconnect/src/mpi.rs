@@ -415,6 +415,29 @@ impl<P: Platform> Endpoint<P> {
         self.links.get(peer as usize)?.as_ref().map(|l| &l.ch)
     }
 
+    /// Re-attaches to world rank `peer` once the monitor reopened its channel for a new
+    /// generation: everything still tied to the old one fails with `PeerDead` (its
+    /// unexpected messages are dropped), then the link talks to the new incarnation.
+    /// Returns the peer's generation; does nothing while it is the one attached to, and
+    /// fails with `Revoked`/`PeerDead` while the channel is not reopened yet.
+    pub fn reattach(&mut self, peer: Rank) -> Result<u32, Error> {
+        let Some(Some(l)) = self.links.get(peer as usize) else {
+            return Err(Error::PermissionDenied { rank: peer, tag: 0 });
+        };
+        let ch = Channel::attach(l.ch.region().clone(), self.rank, peer)?;
+        ch.check()?;
+        let generation = ch.peer_generation();
+        if generation == l.ch.peer_generation() {
+            return Ok(generation);
+        }
+        self.fail_link(peer, &Error::PeerDead { rank: peer });
+        self.unexp.retain(|u| u.src != peer || u.claimed.is_some());
+        if let Some(l) = self.links[peer as usize].as_mut() {
+            (l.failed, l.unexp_bytes, l.target, l.ch) = (None, 0, Target::None, ch);
+        }
+        Ok(generation)
+    }
+
     // ---- routing and rights -------------------------------------------------------
 
     /// World rank of `dest` in `comm` after the rights checks, touching no shared memory.

@@ -67,6 +67,7 @@ struct Slotv {
 pub struct Channel {
     r: Region,
     side: usize,
+    peer_gen: u32,
     /// Sending half.
     pub tx: Tx,
     /// Receiving half.
@@ -75,7 +76,8 @@ pub struct Channel {
 
 impl Channel {
     /// Attaches to an initialised region as world rank `me`, talking to `peer`. The
-    /// header is read once and checked (magic, version, geometry, ranks).
+    /// header is read once and checked (magic, version, geometry, ranks); the peer's
+    /// generation is remembered ([`Channel::check`] compares it).
     pub fn attach(region: Region, me: Rank, peer: Rank) -> Result<Channel, Error> {
         let (g, ranks) = layout::read_header(&region)?;
         let side = match ranks {
@@ -113,6 +115,7 @@ impl Channel {
             wake_check: false,
         };
         Ok(Channel {
+            peer_gen: region.load32(layout::generation_off(1 - side), Acquire),
             r: region,
             side,
             tx,
@@ -126,16 +129,26 @@ impl Channel {
     }
 
     /// `Err(Revoked)` if the monitor revoked the channel, `Err(PeerDead)` if the peer
-    /// was marked dead.
+    /// was marked dead or is no longer the generation this endpoint attached to.
     pub fn check(&self) -> Result<(), Error> {
         let peer = self.tx.peer;
         if self.r.load32(layout::CONTROL, Relaxed) != layout::OPEN {
             return Err(Error::Revoked { rank: peer });
         }
-        if self.r.load32(layout::alive_off(1 - self.side), Relaxed) == layout::DEAD {
+        if self.r.load32(layout::alive_off(1 - self.side), Relaxed) == layout::DEAD
+            || self
+                .r
+                .load32(layout::generation_off(1 - self.side), Relaxed)
+                != self.peer_gen
+        {
             return Err(Error::PeerDead { rank: peer });
         }
         Ok(())
+    }
+
+    /// The peer's generation this endpoint attached to.
+    pub fn peer_generation(&self) -> u32 {
+        self.peer_gen
     }
 
     /// The region (for the monitor's meter or tests).

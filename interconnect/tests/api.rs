@@ -359,3 +359,42 @@ fn wildcard_receive_fails_when_every_peer_is_dead() {
         .and_then(|q| eps[0].wait(&q, soon()));
     assert_eq!(r, Err(Error::PeerDead { rank: 1 }));
 }
+
+#[test]
+fn a_stale_generation_is_dead_until_reattached() {
+    let cfg = Config::new(2);
+    let mut eps = host::threads(&cfg).unwrap();
+    let w = eps[0].world();
+    let mut buf = [0u8; 16];
+    eps[0].send(&w, 1, 1, b"before", soon()).unwrap();
+    assert_eq!(eps[1].recv(&w, 0, 1, &mut buf, soon()).unwrap().len, 6);
+    // Rank 0 waits on the first incarnation of rank 1, which crashes.
+    let old = eps[0].irecv(&w, 1, 7, 16).unwrap();
+    let region = eps[0].channel(1).unwrap().region().clone();
+    layout::mark_dead(&region, 1);
+    assert_eq!(
+        eps[0].reattach(1),
+        Err(Error::PeerDead { rank: 1 }),
+        "not reopened yet"
+    );
+    // The monitor reopens the channel for generation 1, which attaches and sends at once.
+    layout::reopen(&region, cfg.geometry, [0, 1], [0, 1]).unwrap();
+    let ch = interconnect::ring::Channel::attach(region, 1, 0).unwrap();
+    let bells = interconnect::shm::Region::heap(2 * layout::LINE);
+    let platform = host::HostPlatform::new(bells, 1).unwrap();
+    let mut new = Endpoint::new(&cfg, 1, vec![(0, ch)], platform).unwrap();
+    new.send(&w, 0, 7, b"from gen 1", Deadline::NOW).unwrap();
+    // Neither the request made against generation 0 nor a new receive gets it.
+    assert_eq!(eps[0].wait(&old, soon()), Err(Error::PeerDead { rank: 1 }));
+    let r = eps[0].recv(&w, 1, 7, &mut buf, soon());
+    assert_eq!(r, Err(Error::PeerDead { rank: 1 }));
+    assert_eq!(eps[0].channel(1).unwrap().peer_generation(), 0);
+    // After re-attaching, rank 0 talks to generation 1, both ways.
+    assert_eq!(eps[0].reattach(1), Ok(1));
+    assert_eq!(eps[0].reattach(1), Ok(1), "a second call changes nothing");
+    let st = eps[0].recv(&w, 1, 7, &mut buf, soon()).unwrap();
+    assert_eq!(&buf[..st.len], b"from gen 1");
+    eps[0].send(&w, 1, 2, b"hello 1", Deadline::NOW).unwrap();
+    let st = new.recv(&w, 0, 2, &mut buf, Deadline::NOW).unwrap();
+    assert_eq!(&buf[..st.len], b"hello 1");
+}
