@@ -43,10 +43,7 @@ fn root_ok(c: &Comm, root: Rank) -> Result<(), Error> {
     if root < c.size() {
         Ok(())
     } else {
-        Err(Error::InvalidArgument {
-            what: "root rank",
-            value: root.into(),
-        })
+        Err(Error::arg("root rank", root.into()))
     }
 }
 
@@ -125,10 +122,7 @@ impl<P: Platform> Endpoint<P> {
             return self.recv_vec(&c, root, T_SCATTER, dl);
         }
         if parts.len() != c.size() as usize {
-            return Err(Error::InvalidArgument {
-                what: "scatter parts",
-                value: parts.len() as u64,
-            });
+            return Err(Error::arg("scatter parts", parts.len() as u64));
         }
         for r in (0..c.size()).filter(|&r| r != root) {
             self.send(&c, r, T_SCATTER, &parts[r as usize], dl)?;
@@ -149,10 +143,7 @@ impl<P: Platform> Endpoint<P> {
         let all = self.gather(comm, root, &bytes, dl)?;
         for (r, v) in all.iter().enumerate() {
             if v.len() != bytes.len() {
-                return Err(Error::InvalidArgument {
-                    what: "reduce length from rank",
-                    value: r as u64,
-                });
+                return Err(Error::arg("reduce length from rank", r as u64));
             }
             if r as Rank == comm.rank() {
                 continue;
@@ -178,10 +169,7 @@ impl<P: Platform> Endpoint<P> {
         let mut b: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.bcast(comm, 0, &mut b, dl)?;
         if b.len() != data.len() * 8 {
-            return Err(Error::InvalidArgument {
-                what: "allreduce length",
-                value: b.len() as u64,
-            });
+            return Err(Error::arg("allreduce length", b.len() as u64));
         }
         for (x, ch) in data.iter_mut().zip(b.chunks_exact(8)) {
             let mut a = [0u8; 8];
@@ -220,10 +208,7 @@ impl<P: Platform> Endpoint<P> {
         colours.dedup();
         let next = base as u64 + colours.len() as u64;
         if next >= u64::from(COLL) {
-            return Err(Error::InvalidArgument {
-                what: "communicator contexts exhausted",
-                value: next,
-            });
+            return Err(Error::arg("communicator contexts exhausted", next));
         }
         self.next_ctx = next as u32;
         if colour == UNDEFINED {

@@ -261,6 +261,14 @@ impl Error {
         }
     }
 
+    pub(crate) fn malformed(rank: Rank, what: &'static str, value: u64) -> Error {
+        Error::Malformed { rank, what, value }
+    }
+
+    pub(crate) fn arg(what: &'static str, value: u64) -> Error {
+        Error::InvalidArgument { what, value }
+    }
+
     pub(crate) fn config(what: &'static str, value: impl core::fmt::Display) -> Error {
         Error::InvalidConfig {
             what,

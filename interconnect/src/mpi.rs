@@ -591,10 +591,7 @@ impl<P: Platform> Endpoint<P> {
     fn req_index(&self, r: &Request) -> Result<usize, Error> {
         match self.reqs.get(r.id as usize) {
             Some(Some(q)) if q.generation == r.generation => Ok(r.id as usize),
-            _ => Err(Error::InvalidArgument {
-                what: "request (unknown or completed)",
-                value: r.id.into(),
-            }),
+            _ => Err(Error::arg("request (unknown or completed)", r.id.into())),
         }
     }
 

@@ -260,17 +260,13 @@ impl Tx {
     /// if the previous one was left unfinished it is aborted first.
     pub fn send(&mut self, tag: u32, ctx: u32, data: &[u8], done: &mut usize) -> Result<(), Error> {
         if self.broken {
-            return Err(Error::Malformed {
-                rank: self.peer,
-                what: "channel broken",
-                value: 0,
-            });
+            return Err(Error::malformed(self.peer, "channel broken", 0));
         }
         if data.len() > self.g.max_msg as usize {
-            return Err(Error::InvalidArgument {
-                what: "message length above max_msg",
-                value: data.len() as u64,
-            });
+            return Err(Error::arg(
+                "message length above max_msg",
+                data.len() as u64,
+            ));
         }
         if *done == 0 && self.inflight {
             self.abort()?;
@@ -351,11 +347,7 @@ impl Rx {
     /// Reads and validates the next slot, if it is published.
     fn slot(&mut self) -> Result<Option<Slotv>, Error> {
         if self.broken {
-            return Err(Error::Malformed {
-                rank: self.peer,
-                what: "channel broken",
-                value: 0,
-            });
+            return Err(Error::malformed(self.peer, "channel broken", 0));
         }
         if let Some(s) = self.peeked {
             return Ok(Some(s));
