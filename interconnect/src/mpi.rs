@@ -999,7 +999,7 @@ impl<P: Platform> Endpoint<P> {
                     core::hint::spin_loop();
                 }
                 Some(env) if env.len <= buf.len() && l.ch.rx.whole() && m.hit(w, &env) => {
-                    if l.ch.rx.take(buf)?.is_none() {
+                    if l.ch.rx.take_inline(buf).is_none() && l.ch.rx.take(buf)?.is_none() {
                         return Ok(None);
                     }
                     if l.ch.rx.peer_waiting() {

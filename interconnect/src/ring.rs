@@ -416,20 +416,24 @@ impl Rx {
     }
 
     fn consume(&mut self, sv: &Slotv) {
-        self.peeked = None;
-        self.next += 1;
         let frag = sv.kind == KIND_FRAG;
         if frag {
             self.data_tail = sv.frag.pos + u64::from(sv.frag.chunk).next_multiple_of(LINE as u64);
             self.r.store64(self.d.data_tail(), self.data_tail, Release);
         }
-        // The sender can be blocked for credit only if the ring is full (then the next
-        // slot is already published) or it waits for data-area space in the middle of a
-        // message (a fragment that is not the last one was just freed). Once it has
-        // nothing outstanding it has all the credit there is. Only then the full barrier
-        // before `peer_waiting` reads its flag; request/reply traffic skips it. (A store
-        // of ours delayed past that check costs at most a sleeper's bounded re-check.)
-        let midway = frag && (sv.frag.offset as usize + sv.frag.chunk as usize) < sv.env.len;
+        self.advance(frag && (sv.frag.offset as usize + sv.frag.chunk as usize) < sv.env.len);
+    }
+
+    /// Frees the slot just taken. The sender can be blocked for credit only if the ring
+    /// is full (then the next slot is already published) or it waits for data-area
+    /// space in the middle of a message (`midway`: a fragment that is not the last one
+    /// was freed). Once it has nothing outstanding it has all the credit there is. Only
+    /// then the full barrier before `peer_waiting` reads its flag; request/reply traffic
+    /// skips it. (A store of ours delayed past that check costs at most a sleeper's
+    /// bounded re-check.)
+    fn advance(&mut self, midway: bool) {
+        self.peeked = None;
+        self.next += 1;
         let next = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
         self.wake_check = midway || self.r.load32(next + SEQ, Relaxed) == (self.next + 1) as u32;
         if self.wake_check {
@@ -437,6 +441,19 @@ impl Rx {
         } else {
             self.r.store64(self.d.consumed(), self.next, Release);
         }
+    }
+
+    /// After [`Rx::peek`] returned an inline message: takes it into `dst` (which must
+    /// hold it) without decoding or copying the slot again; `None` if that is not so.
+    pub fn take_inline(&mut self, dst: &mut [u8]) -> Option<usize> {
+        let s = self.peeked.as_ref()?;
+        let (len, words) = (s.env.len, s.inline);
+        if self.cur.is_some() || s.kind != KIND_INLINE || len > dst.len() {
+            return None;
+        }
+        unpack(words, &mut dst[..len]);
+        self.advance(false);
+        Some(len)
     }
 
     /// The envelope of the next message, without consuming it. `Ok(None)`: nothing yet.
