@@ -32,6 +32,11 @@ const T_BCAST: u32 = 2;
 const T_GATHER: u32 = 3;
 const T_SCATTER: u32 = 4;
 
+/// A little-endian u64 from an 8-byte chunk.
+fn word(ch: &[u8]) -> u64 {
+    u64::from_le_bytes(ch.try_into().unwrap_or_default())
+}
+
 fn coll(c: &Comm) -> Comm {
     Comm {
         ctx: c.ctx | COLL,
@@ -149,9 +154,7 @@ impl<P: Platform> Endpoint<P> {
                 continue;
             }
             for (x, ch) in data.iter_mut().zip(v.chunks_exact(8)) {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(ch);
-                *x = op.apply(*x, u64::from_le_bytes(b));
+                *x = op.apply(*x, word(ch));
             }
         }
         Ok(())
@@ -172,9 +175,7 @@ impl<P: Platform> Endpoint<P> {
             return Err(Error::arg("allreduce length", b.len() as u64));
         }
         for (x, ch) in data.iter_mut().zip(b.chunks_exact(8)) {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(ch);
-            *x = u64::from_le_bytes(a);
+            *x = word(ch);
         }
         Ok(())
     }
