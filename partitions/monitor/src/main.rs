@@ -452,6 +452,9 @@ impl State {
             let Ok(owner) = u16::try_from(from) else {
                 continue;
             };
+            if let Ok(FromPartition::Heartbeat { id }) = FromPartition::decode(&rec) {
+                rt::log!("heartbeat: {id} on the control channel of {owner}");
+            }
             let actions = self.monitor.on_partition(owner, &rec, t);
             self.execute(actions, None);
         }
@@ -565,15 +568,30 @@ impl State {
             };
             if !done.contains(&c) {
                 done.push(c);
+                let table = self.monitor.supervisor().table();
                 let ch = &mut self.chans[c];
                 let ranks = [u32::from(ch.ends[0]), u32::from(ch.ends[1])];
-                match layout::init(&ch.region, ch.geometry, ranks) {
-                    Ok(()) => rt::log!("reopen: channel {}-{}", ch.ends[0], ch.ends[1]),
-                    Err(e) => rt::log!("reopen: channel {}-{}: {e}", ch.ends[0], ch.ends[1]),
+                let gens = ch
+                    .ends
+                    .map(|i| table.partition(i).map_or(0, |p| u32::from(p.generation)));
+                let (lo, hi) = (ch.ends[0], ch.ends[1]);
+                match layout::reopen(&ch.region, ch.geometry, ranks, gens) {
+                    Ok(()) => rt::log!("reopen: channel {lo}-{hi} as generations {gens:?}"),
+                    Err(e) => rt::log!("reopen: channel {lo}-{hi}: {e}"),
                 }
                 ch.meter = layout::Meter::default();
                 ch.counts = [Counts::default(); 2];
                 ch.malformed = [0; 2];
+                // The monitor's own end of a control channel follows the new generation.
+                if let Some(ep) = self.endpoint.as_mut()
+                    && let Some(me) = ch.ends.iter().position(|&r| u32::from(r) == ep.rank())
+                {
+                    let peer = u32::from(ch.ends[1 - me]);
+                    match ep.reattach(peer) {
+                        Ok(g) => rt::log!("reattach: control channel of {peer} generation {g}"),
+                        Err(e) => rt::log!("reattach: control channel of {peer}: {e}"),
+                    }
+                }
             }
             self.monitor.reopened(edge, now(), Counters::default());
         }
