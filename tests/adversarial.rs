@@ -16,7 +16,12 @@
 //!   valid heartbeats convict nobody;
 //! - `restart.toml`: a crashing service (`on_fault = "restart"`, one restart) is
 //!   convicted by the monitor, its channel revoked and reopened, restarted as
-//!   generation 1 on the monitor's command, and left dead when that one crashes too.
+//!   generation 1 on the monitor's command, and left dead when that one crashes too;
+//! - `restart-reattach.toml`: generational ids in the fabric: after a restart, the
+//!   surviving peer's receive on the channel it attached to generation 0 fails with
+//!   `PeerDead` (generation 1's message, already in the ring, is not delivered to it);
+//!   after `reattach` both exchange messages with generation 1; the monitor's own end
+//!   of the reopened control channel follows, so generation 1's heartbeat reaches it.
 //!
 //! Latencies the monitor logs are printed, not asserted (BENCHMARKS.md has them).
 
@@ -326,6 +331,72 @@ fn a_crashing_service_is_restarted_by_the_monitor_then_stays_dead() {
         log(&d.0, "crasher").matches("scenario: fault step").count(),
         2
     );
+    assert_clean(pid);
+}
+
+/// Each of `steps` occurs in `log`, in this order.
+fn assert_in_order(log: &str, steps: &[&str]) {
+    let mut at = 0;
+    for s in steps {
+        let i = log[at..]
+            .find(s)
+            .unwrap_or_else(|| panic!("`{s}` missing or out of order in:\n{log}"));
+        at += i + s.len();
+    }
+}
+
+#[test]
+fn a_stale_id_gets_peer_dead_and_a_reattached_peer_talks_to_the_new_generation() {
+    let d = TempDir::new("restart-reattach");
+    let (o, pid) = up("restart-reattach.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "crasher      status 0 (success), 1 restart(s)");
+    assert_has(&all, "peer         status 0 (success)");
+    let monitor = log(&d.0, "monitor");
+    assert_in_order(
+        &monitor,
+        &[
+            "heartbeat: p0.g0 on the control channel of 0",
+            "verdict: Crashed { id: PartitionId { index: 0, generation: 0 }, status: 100",
+            "reopen: channel 0-1 as generations [1, 0]",
+            "reopen: channel 0-2 as generations [1, 0]",
+            "reattach: control channel of 0 generation 1",
+            "restart: asked the launcher to start p0.g1",
+            // Generation 1's heartbeat reaches the monitor's re-attached end.
+            "heartbeat: p0.g1 on the control channel of 0",
+        ],
+    );
+    assert!(!monitor.contains("Hostile"), "{monitor}");
+    // The peer: PeerDead on the stale link, then generation 1's one message.
+    let peer = log(&d.0, "peer");
+    let r = report(&peer);
+    assert_in_order(
+        r,
+        &[
+            r#"{"op":"recv","done":0,"outcome":"PeerDead""#,
+            r#"{"op":"reattach","done":1,"outcome":"ok","generation":1}"#,
+            r#"{"op":"recv","done":1,"outcome":"ok""#,
+            r#"{"op":"send","done":1,"outcome":"ok""#,
+        ],
+    );
+    let from0 = format!(
+        r#"{{"from":0,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
+        scenario_checksum(0, 8, 1)
+    );
+    assert_has(r, &from0);
+    assert_has(r, r#""expects_failed":0"#);
+    // Generation 1 skipped the fault, sent, and got the peer's reply.
+    let crasher = log(&d.0, "crasher");
+    assert_eq!(crasher.matches("scenario: fault step").count(), 1);
+    let r = report(&crasher);
+    assert_has(r, r#"{"op":"fault","done":0,"outcome":"ok"}"#);
+    let from1 = format!(
+        r#"{{"from":1,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
+        scenario_checksum(1, 8, 1)
+    );
+    assert_has(r, &from1);
+    assert_has(r, r#""expects_failed":0"#);
     assert_clean(pid);
 }
 

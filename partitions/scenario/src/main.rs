@@ -13,8 +13,9 @@
 //! | `expect:OUTCOME` | the previous step's outcome must be `OUTCOME` (`ok`, `PermissionDenied`, `Timeout`, `Revoked`, `PeerDead`, `WouldBlock`, ...) | |
 //! | `sleep:ms=M` | a deadline wait | `ok` |
 //! | `scan` | records how many ivshmem devices (channels) the runtime found on its PCI bus | `ok` |
-//! | `fault` | panics in the service (the runtime reports a fault) | |
-//! | `control:to=R,record=heartbeat\|garbage\|impersonate` | sends one control record to the monitor partition `R` on its channel: a valid heartbeat, 32 bytes of garbage, or a heartbeat claiming to come from another partition | `ok` or the send's error |
+//! | `fault[:gen=G]` | panics in the service (the runtime reports a fault); with `gen`, only in generation `G` (read from its side of its channels) | `ok` if it does not panic |
+//! | `reattach:to=R` | re-attaches to `R` after the monitor reopened their channel for a new generation of `R` (`Endpoint::reattach`) | `ok` (with `R`'s `generation`) or the error |
+//! | `control:to=R,record=heartbeat\|garbage\|impersonate` | sends one control record to the monitor partition `R` on its channel: a valid heartbeat (with its own generation), 32 bytes of garbage, or a heartbeat claiming to come from another partition | `ok` or the send's error |
 //! | `corrupt:to=R` | writes a malformed message (slot kind 0) into the next slot of its ring to `R`, published with a valid sequence number, and rings `R` | `ok` |
 //!
 //! Message `i` (from 0) of a `send` or `flood` by rank `s` holds `i` (u32 LE), `s`
@@ -204,6 +205,19 @@ fn main() -> u8 {
 
 type Ran = Result<(u64, String, String), String>;
 
+/// This incarnation's generation: the generation word of its side of its channels.
+fn generation(ep: &Endpoint<Guest>) -> u32 {
+    (0..ep.size())
+        .filter_map(|r| ep.channel(r))
+        .map(|ch| {
+            let off = layout::generation_off(ch.side());
+            ch.region()
+                .load32(off, core::sync::atomic::Ordering::Acquire)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 fn run(
     ep: &mut Endpoint<Guest>,
     step: &Step<'_>,
@@ -233,10 +247,20 @@ fn run(
                 format!(",\"devices\":[{}]", slots.join(",")),
             ))
         }
-        "fault" => panic!("scenario: fault step"),
+        "fault" => match step.get("gen") {
+            Some(g) if g.parse() != Ok(generation(ep)) => Ok((0, "ok".into(), String::new())),
+            _ => panic!("scenario: fault step"),
+        },
+        "reattach" => {
+            let to = step.num("to", None)? as u32;
+            Ok(match ep.reattach(to) {
+                Ok(g) => (1, "ok".into(), format!(",\"generation\":{g}")),
+                Err(e) => (0, name(&e), String::new()),
+            })
+        }
         "control" => {
             let to = step.num("to", None)? as u32;
-            let own = monitor::PartitionId::new(me as u16, 0);
+            let own = monitor::PartitionId::new(me as u16, generation(ep) as u16);
             let other = monitor::PartitionId::new((me as u16).wrapping_add(1), 0);
             let rec = match step.get("record") {
                 Some("heartbeat") => {
