@@ -10,7 +10,6 @@
 //! - `log`: prints the lines the services send it until each has said goodbye.
 //! - `exchange`: pairs of ranks (2k, 2k+1) exchange `rounds=` messages (default 1000);
 //!   both sides count and checksum what they receive; the even side logs latencies.
-//! - `monitor`: the monitor is not wired to the fabric yet; it says so and ends.
 //!
 //! Services end when the client says stop; before that they check that sends to
 //! ranks they share no channel with (the other group) are refused. Every partition
@@ -83,10 +82,6 @@ fn wrong<T>(msg: String) -> Res<T> {
 
 fn main() -> u8 {
     let role = rt::arg("role").or(rt::arg("name")).unwrap_or("");
-    if role == "monitor" {
-        rt::log!("monitor: not wired to the fabric yet; nothing to do");
-        return 0;
-    }
     let mut ep = fabric::endpoint_or_exit();
     let args = match Args::parse(rt::args()) {
         Ok(a) => a,
