@@ -21,7 +21,9 @@
 //!   surviving peer's receive on the channel it attached to generation 0 fails with
 //!   `PeerDead` (generation 1's message, already in the ring, is not delivered to it);
 //!   after `reattach` both exchange messages with generation 1; the monitor's own end
-//!   of the reopened control channel follows, so generation 1's heartbeat reaches it.
+//!   of the reopened control channel follows, so generation 1's heartbeat reaches it;
+//! - `restart-launcher.toml`: the same without a monitor partition: the launcher
+//!   restarts on its own and reopens the channel for generation 1.
 //!
 //! Latencies the monitor logs are printed, not asserted (BENCHMARKS.md has them).
 
@@ -345,6 +347,42 @@ fn assert_in_order(log: &str, steps: &[&str]) {
     }
 }
 
+/// The logs of a `restart-*.toml` run: the peer got `PeerDead` on the link it attached
+/// to generation 0 of `crasher` (while generation 1's message already waited in the
+/// ring), re-attached, received that one message and replied; generation 1 skipped
+/// the fault and got the reply.
+fn assert_reattached(logs: &Path) {
+    // The peer: PeerDead on the stale link, then generation 1's one message.
+    let peer = log(logs, "peer");
+    let r = report(&peer);
+    assert_in_order(
+        r,
+        &[
+            r#"{"op":"recv","done":0,"outcome":"PeerDead""#,
+            r#"{"op":"reattach","done":1,"outcome":"ok","generation":1}"#,
+            r#"{"op":"recv","done":1,"outcome":"ok""#,
+            r#"{"op":"send","done":1,"outcome":"ok""#,
+        ],
+    );
+    let from0 = format!(
+        r#"{{"from":0,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
+        scenario_checksum(0, 8, 1)
+    );
+    assert_has(r, &from0);
+    assert_has(r, r#""expects_failed":0"#);
+    // Generation 1 skipped the fault, sent, and got the peer's reply.
+    let crasher = log(logs, "crasher");
+    assert_eq!(crasher.matches("scenario: fault step").count(), 1);
+    let r = report(&crasher);
+    assert_has(r, r#"{"op":"fault","done":0,"outcome":"ok"}"#);
+    let from1 = format!(
+        r#"{{"from":1,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
+        scenario_checksum(1, 8, 1)
+    );
+    assert_has(r, &from1);
+    assert_has(r, r#""expects_failed":0"#);
+}
+
 #[test]
 fn a_stale_id_gets_peer_dead_and_a_reattached_peer_talks_to_the_new_generation() {
     let d = TempDir::new("restart-reattach");
@@ -368,35 +406,20 @@ fn a_stale_id_gets_peer_dead_and_a_reattached_peer_talks_to_the_new_generation()
         ],
     );
     assert!(!monitor.contains("Hostile"), "{monitor}");
-    // The peer: PeerDead on the stale link, then generation 1's one message.
-    let peer = log(&d.0, "peer");
-    let r = report(&peer);
-    assert_in_order(
-        r,
-        &[
-            r#"{"op":"recv","done":0,"outcome":"PeerDead""#,
-            r#"{"op":"reattach","done":1,"outcome":"ok","generation":1}"#,
-            r#"{"op":"recv","done":1,"outcome":"ok""#,
-            r#"{"op":"send","done":1,"outcome":"ok""#,
-        ],
-    );
-    let from0 = format!(
-        r#"{{"from":0,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
-        scenario_checksum(0, 8, 1)
-    );
-    assert_has(r, &from0);
-    assert_has(r, r#""expects_failed":0"#);
-    // Generation 1 skipped the fault, sent, and got the peer's reply.
-    let crasher = log(&d.0, "crasher");
-    assert_eq!(crasher.matches("scenario: fault step").count(), 1);
-    let r = report(&crasher);
-    assert_has(r, r#"{"op":"fault","done":0,"outcome":"ok"}"#);
-    let from1 = format!(
-        r#"{{"from":1,"count":1,"other":0,"bad":0,"in_order":true,"checksum":"{:#018x}"}}"#,
-        scenario_checksum(1, 8, 1)
-    );
-    assert_has(r, &from1);
-    assert_has(r, r#""expects_failed":0"#);
+    assert_reattached(&d.0);
+    assert_clean(pid);
+}
+
+#[test]
+fn without_a_monitor_the_launcher_reopens_for_the_new_generation() {
+    let d = TempDir::new("restart-launcher");
+    let (o, pid) = up("restart-launcher.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "crasher: on_fault = restart (1/1)");
+    assert_has(&all, "crasher      status 0 (success), 1 restart(s)");
+    assert_has(&all, "peer         status 0 (success)");
+    assert_reattached(&d.0);
     assert_clean(pid);
 }
 

@@ -400,16 +400,14 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
             path: path.clone(),
             source,
         })?;
-        if watcher.is_some() {
-            let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
-            let region = interconnect::shm::host::map_file(&file, len).map_err(|source| {
-                LaunchError::File {
-                    path: path.clone(),
-                    source,
-                }
+        // Mapped for the monitor's kills and the launcher's own restarts.
+        let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
+        let region =
+            interconnect::shm::host::map_file(&file, len).map_err(|source| LaunchError::File {
+                path: path.clone(),
+                source,
             })?;
-            regions.push(region);
-        }
+        regions.push(region);
         let mut sockets = vec![sock(c.index, 0), sock(c.index, 1)];
         if watcher.is_some_and(|m| c.end_of(m).is_none()) {
             sockets.push(sock(c.index, 2));
@@ -587,7 +585,9 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
                     "{}: on_fault = restart ({}/{max})",
                     p.name, vm.restarts
                 ));
-                spawn(sys, opts, &run_dir, vm, true)?;
+                let rank = vm.rank;
+                reopen_for(sys, &run.vms, &regions, rank);
+                spawn(sys, opts, &run_dir, &mut run.vms[i], true)?;
             }
         }
         if let Some(ctl) = control.as_mut() {
@@ -618,6 +618,24 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
         interrupted,
         timed_out,
     })
+}
+
+/// Reopens the channels of a partition the launcher restarts on its own (no monitor
+/// partition) for its next incarnation: its side gets its restart count as generation,
+/// so a peer still attached to the previous incarnation gets `PeerDead` until it
+/// re-attaches (`Endpoint::reattach`).
+fn reopen_for(sys: &System, vms: &[Vm], regions: &[interconnect::shm::Region], rank: usize) {
+    let generation = |r: usize| vms.iter().find(|v| v.rank == r).map_or(0, |v| v.restarts);
+    for c in sys.channels_of(rank) {
+        let Some(region) = regions.get(c.index) else {
+            continue;
+        };
+        let ranks = c.ends.map(|r| r as interconnect::Rank);
+        let gens = c.ends.map(generation);
+        if let Err(e) = interconnect::layout::reopen(region, c.geometry(), ranks, gens) {
+            say(&format!("reopen: channel {}: {e}", c.index));
+        }
+    }
 }
 
 /// Carries out one command of the monitor partition. A kill is SIGKILL (the guest is
