@@ -10,7 +10,8 @@
 //!   `$TMPDIR/vmpi-PID/qmp-NAME.sock`: partition `NAME`'s QMP socket;
 //! - `LOG_DIR/NAME.log`: partition `NAME`'s serial log (kept).
 //!
-//! Without a monitor partition, `on_fault = "restart"` is carried out here. With one
+//! Without a monitor partition, `on_fault = "restart"` is carried out here (the
+//! partition's channels reopened for its next generation first). With one
 //! (`[monitor] partition`), the launcher decides nothing: it maps every channel into
 //! the monitor too (ivshmem id 2) with a control region
 //! (`/dev/shm/vmpi-PID-control`, [`crate::control_region`]) holding the rights table,

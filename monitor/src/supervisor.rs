@@ -28,7 +28,9 @@ pub enum Action {
     /// Ask the launcher to start this new incarnation ([`Command::Restart`]), after the
     /// kill, with the view from [`Supervisor::publish`].
     Restart(PartitionId),
-    /// Reset the edge's ring, reopen its control word, then call [`Monitor::reopened`].
+    /// Reset the edge's ring, reopen its control word with each side's current
+    /// generation (a peer attached to an older one gets `PeerDead` until it
+    /// re-attaches), then call [`Monitor::reopened`].
     Reopen(EdgeId),
     /// The partition stays dead (policy stop, or its restart limit was reached).
     Stopped {

@@ -5,7 +5,7 @@
 //! - `watch=SLOT:LO:HI`, once per channel of the system: the PCI slot where this VM
 //!   sees the channel between world ranks `LO < HI` (direction 0 is `LO → HI`);
 //! - `control=SLOT`: the control region shared with the launcher (`ivshmem-plain`),
-//!   laid out as `images/src/control_region.rs` says (mirrored in [`region`]);
+//!   laid out as [`monitor::region`] defines (shared with the launcher);
 //! - `period_ms=N`: the metering period; `on_flood=kill|revoke|report`.
 //!
 //! # The loop
@@ -19,6 +19,13 @@
 //! channels dead is seen within a fraction of a millisecond (the figure for
 //! BENCHMARKS.md). With `wait=spin` among
 //! its manifest `args` it spins between samples instead of blocking.
+//!
+//! # Restarts
+//! Before it asks for a restart, the monitor reopens every channel of the partition
+//! with `layout::reopen` and the sides' current generations (from the supervisor's
+//! table): peers still attached to the old incarnation get `PeerDead` until they
+//! re-attach, and the monitor's own end of a reopened control channel re-attaches at
+//! once, so the new incarnation's records reach it.
 //!
 //! # Control channels
 //! A partition granted a right to the monitor partition sends it control records
