@@ -28,9 +28,6 @@
 //! sides alive). The guest reads the geometry from that header; `TX`/`RX` in `ch=`
 //! say which directions it may use and how large the manifest made them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::manifest::{Channel, System};
 
 /// Physical address of q35's PCI ECAM window, passed as `pci_ecam` on q35.
@@ -39,110 +36,22 @@ pub const Q35_ECAM: u64 = 0xb000_0000;
 /// Version of the key set; bump it when a key changes meaning.
 pub const VERSION: u32 = 1;
 
-/// One `ch=` value: `SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS`.
-///
-/// - `SLOT`: PCI slot (device number on bus 0) of the channel's ivshmem-doorbell device.
-/// - `PEER`: the peer's world rank.
-/// - `SIDE`: `0` if this partition is the lower rank of the pair, else `1`; it is also
-///   this partition's ivshmem peer id on the channel's doorbell (the peer has the
-///   other; the monitor, later, has 2).
-/// - `TX`: bytes of the ring this partition sends on (0: it may not send).
-/// - `RX`: bytes of the ring it receives on (0: the peer may not send).
-/// - `FLAGS`: `n` if non-blocking sends are allowed on TX, `-` if not.
-/// - `TAGS`: the inclusive tag range it may send with, `FIRST-LAST`, or `*` for any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelArg {
-    /// PCI slot.
-    pub slot: u8,
-    /// Peer's world rank.
-    pub peer: usize,
-    /// 0 = lower end, 1 = higher end (also the ivshmem peer id).
-    pub side: u8,
-    /// Send ring bytes (0 = no right to send).
-    pub tx: u64,
-    /// Receive ring bytes (0 = the peer has no right to send).
-    pub rx: u64,
-    /// Non-blocking sends allowed.
-    pub nonblocking: bool,
-    /// Tag range for sends.
-    pub tags: Option<(u32, u32)>,
-}
+pub use abi::ChannelArg;
 
-impl ChannelArg {
-    /// The view of `channel` from partition `rank` (which must be one of its ends).
-    pub fn of(channel: &Channel, rank: usize) -> Option<Self> {
-        let side = channel.end_of(rank)?;
-        let tx = channel.dirs[side].as_ref();
-        let rx = channel.dirs[1 - side].as_ref();
-        Some(Self {
-            slot: channel.slots[side],
-            peer: channel.ends[1 - side],
-            side: side as u8,
-            tx: tx.map_or(0, |e| e.ring_bytes),
-            rx: rx.map_or(0, |e| e.ring_bytes),
-            nonblocking: tx.is_some_and(|e| e.nonblocking),
-            tags: tx.and_then(|e| e.tags),
-        })
-    }
-}
-
-impl fmt::Display for ChannelArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let flags = if self.nonblocking { "n" } else { "-" };
-        write!(
-            f,
-            "{}:{}:{}:{}:{}:{flags}:",
-            self.slot, self.peer, self.side, self.tx, self.rx
-        )?;
-        match self.tags {
-            Some((lo, hi)) => write!(f, "{lo}-{hi}"),
-            None => f.write_str("*"),
-        }
-    }
-}
-
-/// A `ch=` value that does not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bad channel argument `{0}`: expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS")]
-pub struct BadChannelArg(pub String);
-
-impl FromStr for ChannelArg {
-    type Err = BadChannelArg;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || BadChannelArg(s.to_string());
-        let f: Vec<&str> = s.split(':').collect();
-        let [slot, peer, side, tx, rx, flags, tags] = f.as_slice() else {
-            return Err(bad());
-        };
-        let tags = match *tags {
-            "*" => None,
-            t => {
-                let (lo, hi) = t.split_once('-').ok_or_else(bad)?;
-                Some((
-                    lo.parse().map_err(|_| bad())?,
-                    hi.parse().map_err(|_| bad())?,
-                ))
-            }
-        };
-        Ok(Self {
-            slot: slot.parse().map_err(|_| bad())?,
-            peer: peer.parse().map_err(|_| bad())?,
-            side: match *side {
-                "0" => 0,
-                "1" => 1,
-                _ => return Err(bad()),
-            },
-            tx: tx.parse().map_err(|_| bad())?,
-            rx: rx.parse().map_err(|_| bad())?,
-            nonblocking: match *flags {
-                "n" => true,
-                "-" => false,
-                _ => return Err(bad()),
-            },
-            tags,
-        })
-    }
+/// The `ch=` word of `channel` as partition `rank` (one of its ends) sees it.
+pub fn channel_arg(channel: &Channel, rank: usize) -> Option<ChannelArg> {
+    let side = channel.end_of(rank)?;
+    let tx = channel.dirs[side].as_ref();
+    let rx = channel.dirs[1 - side].as_ref();
+    Some(ChannelArg {
+        slot: channel.slots[side],
+        peer: u32::try_from(channel.ends[1 - side]).ok()?,
+        side: side as u8,
+        tx: tx.map_or(0, |e| e.ring_bytes),
+        rx: rx.map_or(0, |e| e.ring_bytes),
+        nonblocking: tx.is_some_and(|e| e.nonblocking),
+        tags: tx.and_then(|e| e.tags),
+    })
 }
 
 /// The `groups=` value for `rank`, if it is in any group.
@@ -211,7 +120,7 @@ pub fn guest_args(sys: &System, rank: usize, tsc_khz: u64) -> Vec<String> {
         v.push(format!("groups={g}"));
     }
     for c in sys.channels_of(rank) {
-        if let Some(arg) = ChannelArg::of(c, rank) {
+        if let Some(arg) = channel_arg(c, rank) {
             v.push(format!("ch={arg}"));
         }
     }

@@ -73,74 +73,15 @@ pub mod exit {
     pub const SETUP: u8 = 92;
 }
 
-/// One `ch=` value, as the guest sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChannelArg {
-    /// PCI slot (device number on bus 0).
-    pub slot: u8,
-    /// The peer's world rank.
-    pub peer: Rank,
-    /// 0: this partition is the lower rank (ivshmem id 0), 1: the higher.
-    pub side: u8,
-    /// Bytes of the ring this partition sends on (0: no right to send).
-    pub tx: u64,
-    /// Bytes of the ring it receives on (0: the peer may not send).
-    pub rx: u64,
-    /// Non-blocking sends allowed.
-    pub nonblocking: bool,
-    /// Inclusive tag range for sends (`None`: any).
-    pub tags: Option<(u32, u32)>,
-}
+pub use rt::abi::ChannelArg;
 
-impl ChannelArg {
-    /// Parses `SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS`.
-    pub fn parse(s: &str) -> Result<ChannelArg, String> {
-        let bad = || format!("bad ch=`{s}` (expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS)");
-        let f: Vec<&str> = s.split(':').collect();
-        let [slot, peer, side, tx, rx, flags, tags] = f.as_slice() else {
-            return Err(bad());
-        };
-        let tags = match *tags {
-            "*" => None,
-            t => {
-                let (lo, hi) = t.split_once('-').ok_or_else(bad)?;
-                let (lo, hi) = (
-                    lo.parse().map_err(|_| bad())?,
-                    hi.parse().map_err(|_| bad())?,
-                );
-                if lo > hi {
-                    return Err(bad());
-                }
-                Some((lo, hi))
-            }
-        };
-        Ok(ChannelArg {
-            slot: slot.parse().map_err(|_| bad())?,
-            peer: peer.parse().map_err(|_| bad())?,
-            side: match *side {
-                "0" => 0,
-                "1" => 1,
-                _ => return Err(bad()),
-            },
-            tx: tx.parse().map_err(|_| bad())?,
-            rx: rx.parse().map_err(|_| bad())?,
-            nonblocking: match *flags {
-                "n" => true,
-                "-" => false,
-                _ => return Err(bad()),
-            },
-            tags,
-        })
-    }
-
-    /// This partition's rights towards the peer.
-    pub fn tx_rights(&self) -> Rights {
-        Rights {
-            send: self.tx > 0,
-            recv: self.rx > 0,
-            tags: self.tags.unwrap_or((0, ANY_TAG - 1)),
-            nonblocking: self.nonblocking,
-        }
+/// A partition's rights towards the peer of channel `c`.
+pub fn rights(c: &ChannelArg) -> Rights {
+    Rights {
+        send: c.tx > 0,
+        recv: c.rx > 0,
+        tags: c.tags.unwrap_or((0, ANY_TAG - 1)),
+        nonblocking: c.nonblocking,
     }
 }
 
@@ -162,13 +103,13 @@ impl Args {
     pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Args, String> {
         let (mut rank, mut size) = (None, None);
         let mut groups = Vec::new();
-        let mut channels = Vec::new();
+        let mut channels: Vec<ChannelArg> = Vec::new();
         for (k, v) in pairs {
             match k {
                 "rank" => rank = Some(v.parse().map_err(|_| format!("bad rank=`{v}`"))?),
                 "size" => size = Some(v.parse().map_err(|_| format!("bad size=`{v}`"))?),
                 "groups" => groups = parse_groups(v)?,
-                "ch" => channels.push(ChannelArg::parse(v)?),
+                "ch" => channels.push(v.parse().map_err(|e| format!("bad ch=`{v}`: {e}"))?),
                 _ => {}
             }
         }
@@ -209,7 +150,7 @@ impl Args {
         cfg.geometry = geometry;
         for c in &self.channels {
             cfg.pairs.push((self.rank, c.peer));
-            let mine = c.tx_rights();
+            let mine = rights(c);
             cfg.rights.push(((self.rank, c.peer), mine));
             // What the peer may send us (the endpoint checks it on receive).
             let theirs = Rights {
