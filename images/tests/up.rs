@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use vmpi_tests::system::assert_clean;
+
 /// A folder for one test, removed on drop.
 struct Dir(PathBuf);
 
@@ -100,26 +102,6 @@ fn text(o: &Output) -> (String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
-}
-
-/// Nothing of run `pid` is left: no shm file, no run folder, no QEMU using it.
-fn assert_clean(pid: u32) {
-    let prefix = format!("vmpi-{pid}-");
-    let shm: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .collect();
-    assert!(shm.is_empty(), "left in /dev/shm: {shm:?}");
-    let run_dir = std::env::temp_dir().join(format!("vmpi-{pid}"));
-    assert!(!run_dir.exists(), "left {}", run_dir.display());
-    let needle = run_dir.to_string_lossy().into_owned();
-    for p in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            assert!(!cmd.contains(&needle), "still running: {cmd}");
-        }
-    }
 }
 
 const QUOTA: &str = "quota = { messages_per_sec = 100, bytes_per_sec = 6400, burst = 8 }";
