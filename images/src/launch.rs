@@ -230,6 +230,29 @@ pub fn init_channel(file: &File, channel: &Channel) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("initialising channel {}: {e}", channel.index)))
 }
 
+/// Creates the shared-memory file `path` of `len` bytes (recorded in `run` for the
+/// clean-up), then runs `setup` on it; any failure names the file.
+fn shm_file<T>(
+    run: &mut Run,
+    path: PathBuf,
+    len: u64,
+    setup: impl FnOnce(&File) -> std::io::Result<T>,
+) -> Result<(File, T), LaunchError> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|source| LaunchError::File {
+            path: path.clone(),
+            source,
+        })?;
+    run.shm.push(path.clone());
+    let done = file.set_len(len).and_then(|()| setup(&file));
+    done.map(|t| (file, t))
+        .map_err(|source| LaunchError::File { path, source })
+}
+
 /// Removes `/dev/shm/vmpi-PID-*` files and `$TMPDIR/vmpi-PID` folders of vmpi runs
 /// whose process is gone (killed before it could clean up). Returns what it removed.
 pub fn sweep_stale() -> Vec<PathBuf> {
@@ -382,32 +405,12 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
     let mut specs = Vec::new();
     for c in &sys.channels {
         let path = shm_path(pid, c.index);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| LaunchError::File {
-                path: path.clone(),
-                source,
-            })?;
-        run.shm.push(path.clone());
-        file.set_len(c.file_bytes)
-            .map_err(|source| LaunchError::File {
-                path: path.clone(),
-                source,
-            })?;
-        init_channel(&file, c).map_err(|source| LaunchError::File {
-            path: path.clone(),
-            source,
-        })?;
         // Mapped for the monitor's kills and the launcher's own restarts.
-        let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
-        let region =
-            interconnect::shm::host::map_file(&file, len).map_err(|source| LaunchError::File {
-                path: path.clone(),
-                source,
-            })?;
+        let (file, region) = shm_file(&mut run, path, c.file_bytes, |file| {
+            init_channel(file, c)?;
+            let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
+            interconnect::shm::host::map_file(file, len)
+        })?;
         regions.push(region);
         let mut sockets = vec![sock(c.index, 0), sock(c.index, 1)];
         if watcher.is_some_and(|m| c.end_of(m).is_none()) {
@@ -418,27 +421,11 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
     // The monitor's control region: the rights table, commands and exit reports.
     let mut control = None;
     if watcher.is_some() {
-        let path = control_path(pid);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| LaunchError::File {
-                path: path.clone(),
-                source,
-            })?;
-        run.shm.push(path.clone());
-        let mapped = file
-            .set_len(crate::control_region::BYTES)
-            .and_then(|()| {
-                interconnect::shm::host::map_file(&file, crate::control_region::BYTES as usize)
-            })
-            .and_then(|r| ControlRegion::init(r, &sys.rights.encode()))
-            .map_err(|source| LaunchError::File {
-                path: path.clone(),
-                source,
-            })?;
+        let bytes = crate::control_region::BYTES;
+        let (_, mapped) = shm_file(&mut run, control_path(pid), bytes, |file| {
+            interconnect::shm::host::map_file(file, bytes as usize)
+                .and_then(|r| ControlRegion::init(r, &sys.rights.encode()))
+        })?;
         control = Some(mapped);
     }
     if watcher.is_some() {
