@@ -51,7 +51,7 @@ const MANIFEST: &str = include_str!("../bench/bench.toml");
 /// The MPICH ping-pong.
 const MPICH_SRC: &str = "bench/mpich_pingpong.c";
 /// `spin_us=` that never gives up spinning within a round.
-const POLL_SPIN_US: u64 = 1_000_000_000;
+pub(crate) const POLL_SPIN_US: u64 = 1_000_000_000;
 /// The fabric's default spin before blocking.
 const BLOCK_SPIN_US: u64 = 50;
 /// Tags of the host fabric rounds (same as the VM's).
@@ -80,7 +80,7 @@ mod ctl {
 /// Messages per window of a bandwidth round (as OSU's `osu_bw`).
 const WINDOW: usize = 64;
 /// Largest number of latency samples per round (the VM's samples area).
-const MAX_ITERS: usize = ctl::SAMPLES_LEN / 4;
+pub(crate) const MAX_ITERS: usize = ctl::SAMPLES_LEN / 4;
 
 /// `vmpi bench` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -117,6 +117,13 @@ pub struct BenchArgs {
     /// Use the partition image as built (default: `cargo build` it first).
     #[arg(long)]
     pub no_build: bool,
+    /// Instead: the monitor partition's costs (`images/bench/monitor.toml`): 8 B
+    /// ping-pong with the monitor metering vs stopped, and the pair's latency while a
+    /// flooder sharing its receiver is convicted and killed, with the flooder's
+    /// non-blocking sends allowed and forbidden. Uses --rounds (default 10) and
+    /// --iters (default 20000); see images/src/bench_monitor.rs.
+    #[arg(long)]
+    pub monitor: bool,
 }
 
 /// A host side of one measurement (`vmpi bench-worker`, hidden).
@@ -200,18 +207,18 @@ impl Plan {
 }
 
 /// Prints a progress line on standard error.
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "[bench] {msg}");
 }
 
 /// Standard output moved to standard error while the bench runs (the launcher
 /// reports on stdout); the final table or JSON goes to the saved descriptor.
-struct StdoutToStderr {
+pub(crate) struct StdoutToStderr {
     saved: i32,
 }
 
 impl StdoutToStderr {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let _ = std::io::stdout().flush();
         // SAFETY: dup/dup2 on the process's own standard descriptors; no memory.
         let saved = unsafe { libc::dup(1) };
@@ -225,7 +232,7 @@ impl StdoutToStderr {
         Ok(StdoutToStderr { saved })
     }
 
-    fn write_final(&self, text: &str) -> Result<()> {
+    pub(crate) fn write_final(&self, text: &str) -> Result<()> {
         let _ = std::io::stdout().flush();
         // SAFETY: `saved` is our duplicate of the original stdout, still open.
         let r = unsafe { libc::write(self.saved, text.as_ptr().cast(), text.len()) };
@@ -351,7 +358,7 @@ fn command(program: &Path, cpu: Option<usize>) -> Command {
     cmd
 }
 
-fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -374,7 +381,7 @@ fn pin_process(pid: u32, cpu: usize) {
 }
 
 /// Our QEMU children, by the `rank=` on their command line.
-fn qemu_children() -> Vec<(u32, Option<u32>)> {
+pub(crate) fn qemu_children() -> Vec<(u32, Option<u32>)> {
     let me = std::process::id();
     let mut v = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -441,7 +448,7 @@ fn finish(mut child: Child, stop: &AtomicBool, limit: Duration, what: &str) -> R
 
 /// A measurement's result: round-trip samples in TSC ticks, or one bandwidth
 /// round's total ticks.
-enum Got {
+pub(crate) enum Got {
     Samples(Vec<u32>),
     Ticks(u64),
 }
@@ -476,11 +483,11 @@ fn parse_worker_output(text: &str) -> Result<Got> {
 
 /// What a round asks for.
 #[derive(Clone, Copy, Debug)]
-struct Ask {
-    bw: bool,
-    size: usize,
-    count: usize,
-    extra: usize,
+pub(crate) struct Ask {
+    pub(crate) bw: bool,
+    pub(crate) size: usize,
+    pub(crate) count: usize,
+    pub(crate) extra: usize,
 }
 
 impl Ask {
@@ -585,7 +592,7 @@ impl Drop for RawFile {
     }
 }
 
-fn rdtsc() -> u64 {
+pub(crate) fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
@@ -796,16 +803,20 @@ fn raw_worker(w: &WorkerArgs) -> Result<Got> {
 
 /// The partitions of one phase: the launcher running in a thread, and the
 /// channel file mapped for the control page.
-struct Vms {
+pub(crate) struct Vms {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<Report, vmpi::launch::LaunchError>>>,
     ctl: Option<Region>,
     base: usize,
     round: u64,
+    /// How often [`Vms::measure`] looks for the end of a round.
+    pub(crate) poll: Duration,
+    /// Host TSC when [`Vms::measure`] saw the last round done.
+    pub(crate) done_tsc: u64,
 }
 
 impl Vms {
-    fn start(sys: &System, opts: &UpOptions, interrupted: &AtomicBool) -> Result<Vms> {
+    pub(crate) fn start(sys: &System, opts: &UpOptions, interrupted: &AtomicBool) -> Result<Vms> {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, o, st) = (sys.clone(), opts.clone(), stop.clone());
         let thread = std::thread::spawn(move || up(&s, &o, &st));
@@ -815,6 +826,8 @@ impl Vms {
             ctl: None,
             base: 0,
             round: 0,
+            poll: Duration::from_micros(500),
+            done_tsc: 0,
         };
         let path = shm_path(std::process::id(), 0);
         let t0 = Instant::now();
@@ -868,18 +881,20 @@ impl Vms {
         }
         let kids = qemu_children();
         let n = cpus();
+        // The pair only: other partitions (monitor, flooder) float.
         for (pid, rank) in &kids {
-            pin_process(*pid, rank.unwrap_or(0) as usize % n);
+            if rank.unwrap_or(0) < 2 {
+                pin_process(*pid, rank.unwrap_or(0) as usize % n);
+            }
         }
         progress(&format!(
             "partitions up in {} ms; QEMU pinned: {}",
             t0.elapsed().as_millis(),
             kids.iter()
-                .map(|(p, r)| format!(
-                    "rank {} pid {p} -> cpu {}",
-                    r.unwrap_or(0),
-                    r.unwrap_or(0) as usize % n
-                ))
+                .map(|(p, r)| match r.unwrap_or(0) {
+                    r @ 0..2 => format!("rank {r} pid {p} -> cpu {}", r as usize % n),
+                    r => format!("rank {r} pid {p} not pinned"),
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -887,7 +902,7 @@ impl Vms {
     }
 
     /// Errors if Ctrl-C came or the launcher ended early.
-    fn check(&mut self, interrupted: &AtomicBool) -> Result<()> {
+    pub(crate) fn check(&mut self, interrupted: &AtomicBool) -> Result<()> {
         if interrupted.load(Ordering::SeqCst) {
             bail!("interrupted");
         }
@@ -921,7 +936,7 @@ impl Vms {
         Ok(())
     }
 
-    fn measure(&mut self, ask: Ask, interrupted: &AtomicBool) -> Result<Got> {
+    pub(crate) fn measure(&mut self, ask: Ask, interrupted: &AtomicBool) -> Result<Got> {
         self.post(if ask.bw { ctl::BANDWIDTH } else { ctl::LATENCY }, ask)?;
         let k = self.round;
         let t0 = Instant::now();
@@ -929,12 +944,13 @@ impl Vms {
             self.check(interrupted)?;
             let r = self.ctl.as_ref().context("no control page")?;
             if (0..2).all(|i| r.load64(self.base + ctl::DONE_AT + 8 * i, Ordering::Acquire) == k) {
+                self.done_tsc = rdtsc();
                 break;
             }
             if t0.elapsed() > Duration::from_secs(150) {
                 bail!("the partitions did not finish round {k} within 150 s");
             }
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(self.poll);
         }
         let r = self.ctl.as_ref().context("no control page")?;
         for i in 0..2 {
@@ -961,7 +977,8 @@ impl Vms {
     }
 
     /// Tells the partitions to exit and waits for the launcher (stops them after 10 s).
-    fn finish(mut self) -> Result<()> {
+    /// Every partition but those named in `may_fail` must have ended with status 0.
+    pub(crate) fn finish(mut self, may_fail: &[&str]) -> Result<()> {
         let _ = self.post(
             ctl::QUIT,
             Ask {
@@ -981,7 +998,9 @@ impl Vms {
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(Ok(rep))) => {
                 for r in &rep.rows {
-                    if r.outcome != vmpi::launch::Outcome::Status(0) {
+                    if r.outcome != vmpi::launch::Outcome::Status(0)
+                        && !may_fail.contains(&r.name.as_str())
+                    {
                         bail!(
                             "partition {} ended with {} (log {})",
                             r.name,
@@ -1027,6 +1046,9 @@ fn mpich_round(mpi: &(PathBuf, PathBuf), ask: Ask, stop: &AtomicBool) -> Result<
 
 /// `vmpi bench`.
 pub fn run(a: BenchArgs) -> Result<u8> {
+    if a.monitor {
+        return crate::bench_monitor::run(&a);
+    }
     let plan = Plan::from(&a)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -1162,7 +1184,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
                 ));
             }
         }
-        vms.finish()?;
+        vms.finish(&[])?;
     }
     res.seconds = t_start.elapsed().as_secs_f64();
     res.load = std::fs::read_to_string("/proc/loadavg")
@@ -1193,6 +1215,7 @@ mod tests {
             accel: "auto".into(),
             no_mpich: false,
             no_build: false,
+            monitor: false,
         }
     }
 

@@ -14,6 +14,7 @@ use vmpi::qemu::{self, Accel, HostError};
 use vmpi::{describe, graph, images, tsc};
 
 mod bench;
+mod bench_monitor;
 mod bench_report;
 
 /// Compose, launch and draw vmpi systems: unikernel partitions under QEMU/KVM that
