@@ -124,6 +124,9 @@ pub struct BenchArgs {
     /// --iters (default 20000); see images/src/bench_monitor.rs.
     #[arg(long)]
     pub monitor: bool,
+    /// With --monitor: boots per flooder variant (one flood each). Default 3.
+    #[arg(long)]
+    pub floods: Option<usize>,
 }
 
 /// A host side of one measurement (`vmpi bench-worker`, hidden).
@@ -1216,6 +1219,7 @@ mod tests {
             no_mpich: false,
             no_build: false,
             monitor: false,
+            floods: None,
         }
     }
 

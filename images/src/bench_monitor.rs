@@ -8,7 +8,7 @@
 //! `on_flood = "kill"`). Flooder and monitor are not pinned. It runs twice, booted
 //! afresh: with the flooder's right at `nonblocking = true` (it floods with
 //! non-blocking sends) and at `nonblocking = false` (blocking sends; the only way
-//! left to it). Each boot:
+//! left to it). The two alternate, `--floods` (3) boots each. Each boot:
 //!
 //! 1. The flooder's VM is stopped (SIGSTOP) while it still sleeps in its script
 //!    (4 s from its boot).
@@ -201,7 +201,11 @@ pub fn run(a: &BenchArgs) -> Result<u8> {
         report,
         "4 VMs on the host's cores: ping (cpu 0) and pong (cpu 1) polling, monitor (period 1 ms) and flooder not pinned"
     );
-    for (nonblocking, sys) in &systems {
+    let floods = a.floods.unwrap_or(3).max(1);
+    // p99 ratios per boot: (nonblocking, until the kill / baseline, until the kill /
+    // the same round before the flood).
+    let mut summary: Vec<(bool, f64, f64)> = Vec::new();
+    for (nonblocking, sys) in (0..floods).flat_map(|_| systems.iter()) {
         let opts = UpOptions {
             qemu: qemu::find_or_install_qemu()?,
             uhyve: None,
@@ -226,7 +230,12 @@ pub fn run(a: &BenchArgs) -> Result<u8> {
         if gone(flooder) {
             bail!("the flooder ended before the bench could stop it (boot took over 4 s?)");
         }
-        let _ = writeln!(report, "\nflooder nonblocking = {nonblocking}");
+        let _ = writeln!(
+            report,
+            "\nflooder nonblocking = {nonblocking} (boot {} of {})",
+            summary.len() + 1,
+            2 * floods
+        );
 
         // Overhead: monitor metering vs stopped, alternating.
         let ask = Ask {
@@ -391,11 +400,14 @@ pub fn run(a: &BenchArgs) -> Result<u8> {
         row(&mut report, "flood round: overall", &stats(&flood, khz));
         row(&mut report, "round after the kill", &stats(&after, khz));
         let (sb, sd, sf) = (stats(&base, khz), stats(&during, khz), stats(&flood, khz));
+        let sbefore = stats(&before, khz);
+        summary.push((*nonblocking, sd.p99 / sb.p99, sd.p99 / sbefore.p99));
         let _ = writeln!(
             report,
-            "  p99 ratio to the baseline: until the kill {:.2}x, flood round overall {:.2}x",
+            "  p99 ratio to the baseline: until the kill {:.2}x, flood round overall {:.2}x; until the kill / before it in the same round {:.2}x",
             sd.p99 / sb.p99,
-            sf.p99 / sb.p99
+            sf.p99 / sb.p99,
+            sd.p99 / sbefore.p99
         );
         let _ = writeln!(
             report,
@@ -422,6 +434,26 @@ pub fn run(a: &BenchArgs) -> Result<u8> {
         {
             let _ = writeln!(report, "  flooder: {}", l.trim());
         }
+    }
+    let _ = writeln!(
+        report,
+        "\np99 from the flood until the flooder's QEMU exited, per boot (NaN/inf: no samples placed there):"
+    );
+    for nb in [true, false] {
+        let line = |f: fn(&(bool, f64, f64)) -> f64| {
+            summary
+                .iter()
+                .filter(|x| x.0 == nb)
+                .map(|x| format!("{:.2}", f(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            report,
+            "  nonblocking = {nb}: / baseline round: {}; / same round before the flood: {}",
+            line(|x| x.1),
+            line(|x| x.2)
+        );
     }
     let _ = writeln!(
         report,
