@@ -1047,33 +1047,55 @@ fn mpich_round(mpi: &(PathBuf, PathBuf), ask: Ask, stop: &AtomicBool) -> Result<
     parse_worker_output(&text)
 }
 
+/// What every benchmark run starts with.
+pub(crate) struct Setup {
+    /// Raised by Ctrl-C (and SIGTERM, SIGHUP): stop and clean up.
+    pub(crate) interrupted: Arc<AtomicBool>,
+    /// Standard output, kept for the final report (progress goes to stderr).
+    pub(crate) out: StdoutToStderr,
+    /// The host's TSC frequency.
+    pub(crate) khz: u64,
+    /// The accelerator the VMs run under.
+    pub(crate) accel: Accel,
+}
+
+impl Setup {
+    /// Installs the signal handlers, sweeps files of killed runs, reads the TSC
+    /// frequency and chooses the accelerator (`auto`, `kvm` or `tcg`).
+    pub(crate) fn new(accel: &str) -> Result<Setup> {
+        let interrupted = vmpi::launch::stop_on_signals().context("installing signal handlers")?;
+        let out = StdoutToStderr::new()?;
+        progress(&format!("pid {}", std::process::id()));
+        for p in vmpi::launch::sweep_stale() {
+            progress(&format!("removed {} left by a killed run", p.display()));
+        }
+        let accel = match accel {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            "auto" => Accel::detect(),
+            o => bail!("--accel must be auto, kvm or tcg, not {o}"),
+        };
+        Ok(Setup {
+            interrupted,
+            out,
+            khz: tsc::tsc_khz(),
+            accel,
+        })
+    }
+}
+
 /// `vmpi bench`.
 pub fn run(a: BenchArgs) -> Result<u8> {
     if a.monitor {
         return crate::bench_monitor::run(&a);
     }
     let plan = Plan::from(&a)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, interrupted.clone())
-            .context("installing signal handlers")?;
-    }
-    let out = StdoutToStderr::new()?;
-    progress(&format!("pid {}", std::process::id()));
-    for p in vmpi::launch::sweep_stale() {
-        progress(&format!("removed {} left by a killed run", p.display()));
-    }
-    let khz = tsc::tsc_khz();
-    let accel = match a.accel.as_str() {
-        "kvm" => Accel::Kvm,
-        "tcg" => Accel::Tcg,
-        "auto" => Accel::detect(),
-        o => bail!("--accel must be auto, kvm or tcg, not {o}"),
-    };
+    let Setup {
+        interrupted,
+        out,
+        khz,
+        accel,
+    } = Setup::new(&a.accel)?;
     let mpich = if a.no_mpich {
         progress("--no-mpich: the mpich baseline is skipped");
         None

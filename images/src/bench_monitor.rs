@@ -38,12 +38,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use vmpi::launch::UpOptions;
 use vmpi::manifest;
-use vmpi::qemu::Accel;
-use vmpi::{images, qemu, tsc};
+use vmpi::{images, qemu};
 
 use crate::bench::{
-    Ask, BenchArgs, Got, MAX_ITERS, POLL_SPIN_US, StdoutToStderr, Vms, progress, qemu_children,
-    rdtsc,
+    Ask, BenchArgs, Got, MAX_ITERS, POLL_SPIN_US, Setup, Vms, progress, qemu_children, rdtsc,
 };
 
 /// The system (pair, flooder, monitor).
@@ -161,27 +159,12 @@ fn system(nonblocking: bool) -> Result<manifest::System> {
 pub fn run(a: &BenchArgs) -> Result<u8> {
     let rounds = a.rounds.unwrap_or(10).max(1);
     let iters = a.iters.unwrap_or(20_000).clamp(1, MAX_ITERS);
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, interrupted.clone())
-            .context("installing signal handlers")?;
-    }
-    let out = StdoutToStderr::new()?;
-    progress(&format!("pid {}", std::process::id()));
-    for p in vmpi::launch::sweep_stale() {
-        progress(&format!("removed {} left by a killed run", p.display()));
-    }
-    let khz = tsc::tsc_khz();
-    let accel = match a.accel.as_str() {
-        "kvm" => Accel::Kvm,
-        "tcg" => Accel::Tcg,
-        "auto" => Accel::detect(),
-        o => bail!("--accel must be auto, kvm or tcg, not {o}"),
-    };
+    let Setup {
+        interrupted,
+        out,
+        khz,
+        accel,
+    } = Setup::new(&a.accel)?;
     let manifest_path = manifest_path();
     let parts = images::partitions_dir(&manifest_path);
     let systems = [(true, system(true)?), (false, system(false)?)];

@@ -230,6 +230,20 @@ pub fn init_channel(file: &File, channel: &Channel) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("initialising channel {}: {e}", channel.index)))
 }
 
+/// A flag that SIGINT, SIGTERM and SIGHUP raise: the launcher and the benchmarks poll
+/// it to stop and clean up instead of dying with VMs and files left behind.
+pub fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 /// Creates the shared-memory file `path` of `len` bytes (recorded in `run` for the
 /// clean-up), then runs `setup` on it; any failure names the file.
 fn shm_file<T>(

@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -184,15 +182,7 @@ fn run(cli: Cli) -> Result<u8> {
                     a
                 }
             };
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGTERM,
-                signal_hook::consts::SIGHUP,
-            ] {
-                signal_hook::flag::register(sig, stop.clone())
-                    .context("installing signal handlers")?;
-            }
+            let stop = vmpi::launch::stop_on_signals().context("installing signal handlers")?;
             let opts = UpOptions {
                 qemu,
                 uhyve,
