@@ -315,6 +315,26 @@ pub mod fuzzing {
     use crate::layout::{self, Geometry};
     use crate::shm::Region;
 
+    /// A platform for fuzzing: a clock that jumps 1 ms per reading (so every deadline
+    /// passes quickly), no doorbells, no spinning.
+    #[derive(Default)]
+    pub struct FuzzPlatform(core::cell::Cell<u64>);
+
+    impl crate::Platform for FuzzPlatform {
+        fn now(&self) -> u64 {
+            self.0.set(self.0.get() + 1_000_000);
+            self.0.get()
+        }
+        fn bell(&self) -> u32 {
+            0
+        }
+        fn wait(&self, _: u32, _: u64) {}
+        fn ring(&self, _: crate::Rank) {}
+        fn spin_ns(&self) -> u64 {
+            0
+        }
+    }
+
     /// Geometry used by [`rx_over_bytes`]: small, so the fuzzer reaches wrap-around.
     pub const GEOMETRY: Geometry = Geometry {
         slots: 8,

@@ -1435,31 +1435,18 @@ fn deliver(slot: &mut Option<Req>, u: Option<Unexp>) {
     });
 }
 
-/// A platform for fuzzing: a clock that jumps, no doorbells.
-struct FuzzPlatform(core::cell::Cell<u64>);
-
-impl Platform for FuzzPlatform {
-    fn now(&self) -> u64 {
-        self.0.set(self.0.get() + 1_000_000);
-        self.0.get()
-    }
-    fn bell(&self) -> u32 {
-        0
-    }
-    fn wait(&self, _: u32, _: u64) {}
-    fn ring(&self, _: Rank) {}
-    fn spin_ns(&self) -> u64 {
-        0
-    }
-}
-
 /// Receives on rank 1 of a 2-rank world over `region` until empty or error.
 pub(crate) fn fuzz_receive(region: crate::shm::Region) -> usize {
     let Ok(ch) = Channel::attach(region, 1, 0) else {
         return 0;
     };
     let cfg = Config::new(2);
-    let Ok(mut ep) = Endpoint::new(&cfg, 1, vec![(0, ch)], FuzzPlatform(Default::default())) else {
+    let Ok(mut ep) = Endpoint::new(
+        &cfg,
+        1,
+        vec![(0, ch)],
+        crate::fuzzing::FuzzPlatform::default(),
+    ) else {
         return 0;
     };
     let world = ep.world();

@@ -4,31 +4,13 @@
 //! operations; every call must return (deadlines on a clock that jumps) without panic.
 #![no_main]
 
+use interconnect::fuzzing::FuzzPlatform;
 use interconnect::layout::{self, Geometry, LINE};
 use interconnect::ring::Channel;
 use interconnect::shm::Region;
-use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint, Platform, Rank};
+use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint, Rank};
 use libfuzzer_sys::fuzz_target;
-use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
-
-/// A clock that advances 1 ms per reading; doorbells do nothing.
-struct Clock(Cell<u64>);
-
-impl Platform for Clock {
-    fn now(&self) -> u64 {
-        self.0.set(self.0.get() + 1_000_000);
-        self.0.get()
-    }
-    fn bell(&self) -> u32 {
-        0
-    }
-    fn wait(&self, _: u32, _: u64) {}
-    fn ring(&self, _: Rank) {}
-    fn spin_ns(&self) -> u64 {
-        0
-    }
-}
 
 struct Script<'a>(&'a [u8]);
 
@@ -63,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     cfg.geometry = G;
     cfg.unexpected_limit = 1 << 13;
     let ch = Channel::attach(r.clone(), 1, 0).expect("attach rank 1");
-    let mut ep = Endpoint::new(&cfg, 1, vec![(0, ch)], Clock(Cell::new(0))).expect("endpoint");
+    let mut ep = Endpoint::new(&cfg, 1, vec![(0, ch)], FuzzPlatform::default()).expect("endpoint");
     let w = ep.world();
     let msg: Vec<u8> = (0..G.max_msg as usize + 64).map(|i| i as u8).collect();
     let mut buf = vec![0u8; G.max_msg as usize + 64];
