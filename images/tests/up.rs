@@ -97,6 +97,18 @@ fn run(args: &[&str]) -> Output {
     vmpi().args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `vmpi up MANIFEST --log-dir LOGS EXTRA...`.
+fn up(manifest: &Path, logs: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "up",
+        manifest.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -125,14 +137,7 @@ fn statuses_and_worst_exit_status() {
     );
     let manifest = d.file("st.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = run(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "--accel",
-        "tcg",
-    ]);
+    let o = up(&manifest, &logs, &["--accel", "tcg"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
     assert!(out.contains("[good] ok"), "{out}");
@@ -159,13 +164,7 @@ fn fault_restarts_up_to_the_limit() {
     );
     let manifest = d.file("rs.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = run(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "-q",
-    ]);
+    let o = up(&manifest, &logs, &["-q"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
     assert!(out.contains("f: on_fault = restart (2/2)"), "{out}");
@@ -190,13 +189,7 @@ fn a_restarted_partition_gets_its_channels_back() {
     );
     let manifest = d.file("rc.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = run(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "-q",
-    ]);
+    let o = up(&manifest, &logs, &["-q"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
     // Each incarnation's QEMU completed the doorbell handshake (a refused one
@@ -468,12 +461,7 @@ fn real_hello_images_run() {
     let d = Dir::new("real");
     let logs = d.0.join("logs");
     let hello = root.join("hello.toml");
-    let o = run(&[
-        "up",
-        hello.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ]);
+    let o = up(&hello, &logs, &[]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     assert!(out.contains("[hello] arg rank=0"), "{out}");

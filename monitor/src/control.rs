@@ -87,15 +87,17 @@ impl FaultKind {
     /// The fault with this code.
     pub fn from_u32(code: u32) -> Option<Self> {
         use FaultKind::*;
-        let all = [
+        [
             Panic,
             PageFault,
             GeneralProtection,
             InvalidOpcode,
             DivideError,
             StackOverflow,
-        ];
-        all.into_iter().chain([Other]).find(|f| *f as u32 == code)
+            Other,
+        ]
+        .into_iter()
+        .find(|f| *f as u32 == code)
     }
 }
 
