@@ -32,7 +32,8 @@
 //! ```
 //!
 //! Side 0 is the lower world rank. Message `i` of a direction (counting from 0) lives in
-//! slot `i mod slots` with `seq = (i + 1) mod 2^32`, written last with release ordering;
+//! slot `i mod slots` with `seq = (i + 1) mod 2^32`; the slot's first 8-byte word
+//! (`seq` and `tag`) is written last, in one store with release ordering;
 //! the receiver accepts it only if `seq` is exactly that. Slot `i` of both directions
 //! share one cache line: in a request/reply exchange the reply is written into the line
 //! the request arrived on, so a round trip moves one line back and forth, like the raw
@@ -196,10 +197,10 @@ pub const fn generation_off(side: usize) -> usize {
 }
 const DIRS: usize = 2 * LINE;
 const SLOTS: usize = DIRS + 6 * LINE;
-/// Offset of a slot's seq word within the slot.
+/// Offset of a slot's first 8-byte word within the slot: `seq | tag << 32`, written
+/// last in one store (publishing the slot).
 pub const SEQ: usize = offset_of!(Slot, seq);
-/// Offset of a slot's tag.
-pub const TAG: usize = offset_of!(Slot, tag);
+const _: () = assert!(SEQ == 0 && offset_of!(Slot, tag) == 4);
 /// Offset of a slot's ctx; `len_kind` follows it in the same 8-byte word.
 pub const CTX: usize = offset_of!(Slot, ctx);
 const _: () = assert!(CTX.is_multiple_of(8) && offset_of!(Slot, len_kind) == CTX + 4);
@@ -434,10 +435,10 @@ impl Meter {
             }
             for _ in 0..g.slots {
                 let off = dir.slots + LINE * (n & mask) as usize;
-                if region.load32(off + SEQ, Acquire) != (n as u32).wrapping_add(1) {
+                if region.load64(off + SEQ, Acquire) as u32 != (n as u32).wrapping_add(1) {
                     break;
                 }
-                let len_kind = region.load32(off + CTX + 4, Relaxed);
+                let len_kind = (region.load64(off + CTX, Relaxed) >> 32) as u32;
                 let b = match len_kind >> 30 {
                     KIND_INLINE => (len_kind & ((1 << 30) - 1)).min(INLINE_MAX as u32),
                     KIND_FRAG => region.load32(off + PAYLOAD + 8, Relaxed),

@@ -1,6 +1,7 @@
 //! The MPI-style layer: one rank's [`Endpoint`], communicators, matching, requests.
 
-use crate::ring::{Channel, Envelope};
+use crate::layout::INLINE_MAX;
+use crate::ring::{Channel, Envelope, Small};
 use crate::{Deadline, Error, Platform, Rank};
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -512,8 +513,17 @@ impl<P: Platform> Endpoint<P> {
                 l.ch.tx.set_waiting(on);
             }
         }
-        // The flags before the re-poll (pairs with the peer's barrier after publishing).
+        // The flags before the re-poll (pairs with the peer's barrier after publishing),
+        // and our consumed counts before the senders' flags: a sender blocked for
+        // credit between two checkpoints (`Rx::advance`) is rung now, before we sleep.
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        if on {
+            for l in self.links.iter().flatten() {
+                if l.ch.rx.sender_blocked() {
+                    self.p.ring(l.peer);
+                }
+            }
+        }
     }
 
     /// One step of waiting: spin, then block until a doorbell or the deadline. Checks
@@ -703,7 +713,7 @@ impl<P: Platform> Endpoint<P> {
     fn progress_link(&mut self, w: Rank, mut cur: Option<&mut Cur<'_>>) -> Result<(), Error> {
         let mut consumed = false;
         let r = self.pull(w, &mut cur, &mut consumed);
-        if let Some(l) = self.links[w as usize].as_ref()
+        if let Some(l) = self.links[w as usize].as_mut()
             && consumed
             && l.ch.rx.peer_waiting()
         {
@@ -986,9 +996,10 @@ impl<P: Platform> Endpoint<P> {
         // liveness), looking at the clock every 64 polls only.
         let mut end = None;
         for i in 0u64.. {
-            match l.ch.rx.peek()? {
-                None if dl == Deadline::NOW => return Ok(None),
-                None => {
+            let env = match l.ch.rx.take_small(buf, m.ctx, m.tag) {
+                Small::Took(env) => env,
+                Small::Empty if dl == Deadline::NOW => return Ok(None),
+                Small::Empty => {
                     if i % 64 == 63 {
                         let now = self.p.now();
                         let spin = self.p.spin_ns().min(1_000_000);
@@ -997,18 +1008,23 @@ impl<P: Platform> Endpoint<P> {
                         }
                     }
                     core::hint::spin_loop();
+                    continue;
                 }
-                Some(env) if env.len <= buf.len() && l.ch.rx.whole() && m.hit(w, &env) => {
-                    if l.ch.rx.take_inline(buf).is_none() && l.ch.rx.take(buf)?.is_none() {
-                        return Ok(None);
+                // One fragment (or a slot to validate): the ring's general path.
+                Small::Other => match l.ch.rx.peek()? {
+                    Some(env) if env.len <= buf.len() && l.ch.rx.whole() && m.hit(w, &env) => {
+                        if l.ch.rx.take(buf)?.is_none() {
+                            return Ok(None);
+                        }
+                        env
                     }
-                    if l.ch.rx.peer_waiting() {
-                        self.p.ring(w);
-                    }
-                    return Ok(Some(m.status(w, &env)));
-                }
-                Some(_) => return Ok(None),
+                    _ => return Ok(None),
+                },
+            };
+            if l.ch.rx.peer_waiting() {
+                self.p.ring(w);
             }
+            return Ok(Some(m.status(w, &env)));
         }
         Ok(None)
     }
@@ -1073,6 +1089,25 @@ impl<P: Platform> Endpoint<P> {
         dl: Deadline,
     ) -> Result<(), Error> {
         let w = self.route(comm, dest, tag, dl == Deadline::NOW)?;
+        // The fast path: an inline message on an idle link with credit.
+        if let Some(l) = self.links[w as usize].as_mut()
+            && data.len() <= INLINE_MAX
+            && l.sendq.is_empty()
+            && !l.ch.tx.inflight()
+        {
+            l.ch.check()?;
+            let mut done = 0;
+            match l.ch.tx.send(tag, comm.ctx, data, &mut done) {
+                Ok(()) => {
+                    if l.ch.tx.peer_waiting() {
+                        self.p.ring(w);
+                    }
+                    return Ok(());
+                }
+                Err(Error::WouldBlock { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         self.send_ctx(w, tag, comm.ctx, data, dl)
     }
 

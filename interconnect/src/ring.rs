@@ -8,7 +8,7 @@
 
 use crate::layout::{
     self, CTX, Dir, Frag, Geometry, INLINE_MAX, KIND_ABORT, KIND_FRAG, KIND_INLINE, LINE, PAYLOAD,
-    SEQ, TAG,
+    SEQ,
 };
 use crate::shm::Region;
 use crate::{Error, Rank};
@@ -52,6 +52,17 @@ pub struct Rx {
     peeked: Option<Slotv>,
     broken: bool,
     wake_check: bool,
+}
+
+/// What [`Rx::take_small`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Small {
+    /// Nothing published yet.
+    Empty,
+    /// Something the fast path does not handle: use [`Rx::peek`].
+    Other,
+    /// This message was taken.
+    Took(Envelope),
 }
 
 /// A decoded, validated slot.
@@ -238,20 +249,26 @@ impl Tx {
             && head - self.data_tail <= u64::from(self.g.data_len))
     }
 
-    /// Writes the slot word by word (no byte loops), the sequence word last.
+    /// Writes the slot word by word (no byte loops), the first word (sequence and tag)
+    /// last. The second payload word only when the message uses it.
+    #[inline]
     fn publish(&mut self, tag: u32, ctx: u32, len: usize, kind: u32, payload: [u64; 2]) {
         let off = self.d.slots + LINE * (self.head & (u64::from(self.g.slots) - 1)) as usize;
-        self.r.store32(off + TAG, tag, Relaxed);
         self.r.store64(
             off + CTX,
             u64::from(ctx) | u64::from(len as u32 | kind << 30) << 32,
             Relaxed,
         );
         self.r.store64(off + PAYLOAD, payload[0], Relaxed);
-        self.r.store64(off + PAYLOAD + 8, payload[1], Relaxed);
+        if kind != KIND_INLINE || len > 8 {
+            self.r.store64(off + PAYLOAD + 8, payload[1], Relaxed);
+        }
         self.head += 1;
         // Last, and a full barrier, so that `peer_waiting` reads the flag after it.
-        self.r.swap32(off + SEQ, self.head as u32);
+        self.r.swap64(
+            off + SEQ,
+            u64::from(self.head as u32) | u64::from(tag) << 32,
+        );
     }
 
     /// Sends (more of) one message: `done` bytes of `data` already went out in earlier
@@ -259,6 +276,23 @@ impl Tx {
     /// of credit (with `done` advanced). A call with `done == 0` starts a new message;
     /// if the previous one was left unfinished it is aborted first.
     pub fn send(&mut self, tag: u32, ctx: u32, data: &[u8], done: &mut usize) -> Result<(), Error> {
+        if data.len() <= INLINE_MAX && !self.broken && !self.inflight {
+            self.slot_credit()?;
+            self.publish(tag, ctx, data.len(), KIND_INLINE, pack(data));
+            *done = data.len();
+            return Ok(());
+        }
+        self.send_slow(tag, ctx, data, done)
+    }
+
+    #[inline(never)]
+    fn send_slow(
+        &mut self,
+        tag: u32,
+        ctx: u32,
+        data: &[u8],
+        done: &mut usize,
+    ) -> Result<(), Error> {
         if self.broken {
             return Err(Error::malformed(self.peer, "channel broken", 0));
         }
@@ -353,7 +387,8 @@ impl Rx {
             return Ok(Some(s));
         }
         let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
-        let seq = self.r.load32(off + SEQ, Acquire);
+        let first = self.r.load64(off + SEQ, Acquire);
+        let (seq, tag) = (first as u32, (first >> 32) as u32);
         if seq != (self.next + 1) as u32 {
             // Not yet written: the slot still holds the previous lap's message (or 0).
             let old = (self.next + 1).saturating_sub(u64::from(self.g.slots)) as u32;
@@ -362,7 +397,6 @@ impl Rx {
             }
             return Err(self.malformed("slot sequence", seq.into()));
         }
-        let tag = self.r.load32(off + TAG, Relaxed);
         let w = self.r.load64(off + CTX, Relaxed);
         let payload = [
             self.r.load64(off + PAYLOAD, Relaxed),
@@ -424,36 +458,72 @@ impl Rx {
         self.advance(frag && (sv.frag.offset as usize + sv.frag.chunk as usize) < sv.env.len);
     }
 
-    /// Frees the slot just taken. The sender can be blocked for credit only if the ring
-    /// is full (then the next slot is already published) or it waits for data-area
-    /// space in the middle of a message (`midway`: a fragment that is not the last one
-    /// was freed). Once it has nothing outstanding it has all the credit there is. Only
-    /// then the full barrier before `peer_waiting` reads its flag; request/reply traffic
-    /// skips it. (A store of ours delayed past that check costs at most a sleeper's
-    /// bounded re-check.)
+    /// Frees the slot just taken, publishing the consumed count.
+    ///
+    /// A sender blocked for credit announced it in `tx_waiting`; seeing that flag needs
+    /// a full barrier after the count (Dekker). Paying it per message would put it on
+    /// every reply's path, so it is paid at *checkpoints* only: every `slots / 4`
+    /// messages, and for a fragment that is not a message's last (`midway`: the sender
+    /// may wait for data-area space). A sender blocked for slot credit has a full
+    /// ring, so a receiver that keeps receiving reaches a checkpoint within a quarter
+    /// ring; one that stops and waits rechecks in [`Rx::sender_blocked`] first.
+    #[inline(always)]
     fn advance(&mut self, midway: bool) {
         self.peeked = None;
         self.next += 1;
-        let next = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
-        self.wake_check = midway || self.r.load32(next + SEQ, Relaxed) == (self.next + 1) as u32;
-        if self.wake_check {
+        // `slots` is a power of two: a mask, not a division.
+        let every = u64::from(self.g.slots / 4).max(1);
+        if midway || self.next & (every - 1) == 0 {
             self.r.swap64(self.d.consumed(), self.next);
+            self.wake_check = true;
         } else {
             self.r.store64(self.d.consumed(), self.next, Release);
         }
     }
 
-    /// After [`Rx::peek`] returned an inline message: takes it into `dst` (which must
-    /// hold it) without decoding or copying the slot again; `None` if that is not so.
-    pub fn take_inline(&mut self, dst: &mut [u8]) -> Option<usize> {
-        let s = self.peeked.as_ref()?;
-        let (len, words) = (s.env.len, s.inline);
-        if self.cur.is_some() || s.kind != KIND_INLINE || len > dst.len() {
-            return None;
+    /// The receive fast path: if the next slot holds a whole inline message that fits
+    /// `dst`, with context `ctx` and tag `tag` (`None`: any), copies it into `dst`, frees the slot and returns
+    /// its envelope. Reads four words of one line and validates as it goes; anything
+    /// else ([`Small::Other`]) is left for [`Rx::peek`], which also reports malformed
+    /// slots.
+    pub fn take_small(&mut self, dst: &mut [u8], ctx: u32, tag: Option<u32>) -> Small {
+        if self.broken || self.cur.is_some() || self.peeked.is_some() {
+            return Small::Other;
         }
-        unpack(words, &mut dst[..len]);
+        let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
+        let first = self.r.load64(off + SEQ, Acquire);
+        let seq = first as u32;
+        if seq != (self.next + 1) as u32 {
+            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots)) as u32;
+            return if seq == old {
+                Small::Empty
+            } else {
+                Small::Other
+            };
+        }
+        let w = self.r.load64(off + CTX, Relaxed);
+        let len_kind = (w >> 32) as u32;
+        let len = (len_kind & ((1 << 30) - 1)) as usize;
+        if len_kind >> 30 != KIND_INLINE || len > INLINE_MAX || len > dst.len() {
+            return Small::Other;
+        }
+        let env = Envelope {
+            tag: (first >> 32) as u32,
+            ctx: w as u32,
+            len,
+        };
+        if env.ctx != ctx || tag.is_some_and(|t| t != env.tag) {
+            return Small::Other;
+        }
+        let lo = self.r.load64(off + PAYLOAD, Relaxed);
+        let hi = if len > 8 {
+            self.r.load64(off + PAYLOAD + 8, Relaxed)
+        } else {
+            0
+        };
+        unpack([lo, hi], &mut dst[..len]);
         self.advance(false);
-        Some(len)
+        Small::Took(env)
     }
 
     /// The envelope of the next message, without consuming it. `Ok(None)`: nothing yet.
@@ -557,9 +627,16 @@ impl Rx {
         self.r.store32(self.d.rx_waiting(), on as u32, SeqCst);
     }
 
-    /// After consuming: true if the sender announced it is blocking for credit.
-    pub fn peer_waiting(&self) -> bool {
-        self.wake_check && self.r.load32(self.d.tx_waiting(), SeqCst) != 0
+    /// After consuming: true if a checkpoint was passed since the last call and the
+    /// sender announced it is blocking for credit (ring it).
+    pub fn peer_waiting(&mut self) -> bool {
+        core::mem::take(&mut self.wake_check) && self.sender_blocked()
+    }
+
+    /// True if the sender announced it is blocking for credit. Call it after a full
+    /// barrier that follows the last consume (a waiter's arming has one).
+    pub fn sender_blocked(&self) -> bool {
+        self.r.load32(self.d.tx_waiting(), SeqCst) != 0
     }
 }
 

@@ -106,12 +106,14 @@ mod real {
             self.len == 0
         }
 
+        #[inline]
         fn check(&self, off: usize, size: usize, align: usize) {
             if !off.is_multiple_of(align) || self.len < size || off > self.len - size {
                 out_of_range(off, size, self.len);
             }
         }
 
+        #[inline]
         fn a64(&self, off: usize) -> &AtomicU64 {
             self.check(off, 8, 8);
             // SAFETY: in bounds and 8-aligned (checked; base is 64-aligned); the memory
@@ -120,6 +122,7 @@ mod real {
             unsafe { AtomicU64::from_ptr(self.base.add(off).cast()) }
         }
 
+        #[inline]
         fn a32(&self, off: usize) -> &AtomicU32 {
             self.check(off, 4, 4);
             // SAFETY: as in a64, for 4 bytes at a 4-aligned offset.
@@ -127,35 +130,43 @@ mod real {
         }
 
         /// Atomic load of the u64 at `off`.
+        #[inline]
         pub fn load64(&self, off: usize, o: Ordering) -> u64 {
             self.a64(off).load(o)
         }
         /// Atomic store of the u64 at `off`.
+        #[inline]
         pub fn store64(&self, off: usize, v: u64, o: Ordering) {
             self.a64(off).store(v, o)
         }
         /// Atomic load of the u32 at `off`.
+        #[inline]
         pub fn load32(&self, off: usize, o: Ordering) -> u32 {
             self.a32(off).load(o)
         }
         /// Atomic store of the u32 at `off`.
+        #[inline]
         pub fn store32(&self, off: usize, v: u32, o: Ordering) {
             self.a32(off).store(v, o)
         }
         /// Sequentially consistent store of the u32 at `off` (a full barrier: an
         /// `xchg` on x86, cheaper than a store plus `mfence`).
+        #[inline]
         pub fn swap32(&self, off: usize, v: u32) {
             self.a32(off).swap(v, Ordering::SeqCst);
         }
         /// Sequentially consistent store of the u64 at `off` (see `swap32`).
+        #[inline]
         pub fn swap64(&self, off: usize, v: u64) {
             self.a64(off).swap(v, Ordering::SeqCst);
         }
         /// Atomic add to the u32 at `off`; returns the previous value.
+        #[inline]
         pub fn add32(&self, off: usize, v: u32) -> u32 {
             self.a32(off).fetch_add(v, Ordering::SeqCst)
         }
         /// Atomic add to the u64 at `off`.
+        #[inline]
         pub fn add64(&self, off: usize, v: u64) {
             self.a64(off).fetch_add(v, Ordering::Relaxed);
         }

@@ -1,6 +1,9 @@
 //! Point-to-point basics over the thread transport.
 
-use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Error, host};
+use interconnect::layout;
+use interconnect::ring::Channel;
+use interconnect::shm::Region;
+use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint, Error, Platform, Rank, host};
 use std::thread;
 
 fn dl(ep: &interconnect::Endpoint<host::HostPlatform>) -> Deadline {
@@ -120,4 +123,79 @@ fn blocked_receiver_and_sender_are_woken() {
         a.send(&w, 1, 1, &i.to_le_bytes(), dl(&a)).unwrap();
     }
     t.join().unwrap();
+}
+
+/// Records doorbells instead of ringing them; never spins.
+struct Recorder(std::rc::Rc<std::cell::RefCell<Vec<Rank>>>);
+
+impl Platform for Recorder {
+    fn now(&self) -> u64 {
+        host::now()
+    }
+    fn bell(&self) -> u32 {
+        0
+    }
+    fn wait(&self, _seen: u32, until: u64) {
+        thread::sleep(std::time::Duration::from_nanos(
+            until.saturating_sub(host::now()),
+        ));
+    }
+    fn ring(&self, peer: Rank) {
+        self.0.borrow_mut().push(peer);
+    }
+    fn spin_ns(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn a_sender_blocked_for_credit_is_rung_at_a_checkpoint_or_before_the_receiver_sleeps() {
+    // Rank 1 receives from 0 over an 8-slot ring (a checkpoint every 2 messages) and
+    // also has a channel to 2, which stays silent.
+    let mut cfg = Config::new(3);
+    cfg.geometry.slots = 8;
+    let attach = |a: Rank, b: Rank| {
+        let r = Region::heap(cfg.geometry.region_len());
+        layout::init(&r, cfg.geometry, [a, b]).unwrap();
+        (
+            Channel::attach(r.clone(), a, b).unwrap(),
+            Channel::attach(r, b, a).unwrap(),
+        )
+    };
+    let (mut zero, one_zero) = attach(0, 1);
+    let (one_two, _two) = attach(1, 2);
+    let rung = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut b = Endpoint::new(
+        &cfg,
+        1,
+        vec![(0, one_zero), (2, one_two)],
+        Recorder(rung.clone()),
+    )
+    .unwrap();
+    let w = b.world();
+    // Rank 0 fills the ring and announces that it waits for credit.
+    for i in 0..8u32 {
+        let mut done = 0;
+        zero.tx
+            .send(1, w.ctx(), &i.to_le_bytes(), &mut done)
+            .unwrap();
+    }
+    zero.tx.set_waiting(true);
+    let mut buf = [0u8; 4];
+    let soon = host::deadline_ms(1000);
+    b.recv(&w, 0, 1, &mut buf, soon).unwrap();
+    assert!(
+        rung.borrow().is_empty(),
+        "1 message: no checkpoint, no barrier"
+    );
+    b.recv(&w, 0, 1, &mut buf, soon).unwrap();
+    assert_eq!(*rung.borrow(), [0], "2 messages: a checkpoint");
+    b.recv(&w, 0, 1, &mut buf, soon).unwrap();
+    assert_eq!(*rung.borrow(), [0]);
+    // Before it sleeps waiting for rank 2, rank 1 looks at every sender's flag.
+    assert_eq!(
+        b.recv(&w, 2, 1, &mut buf, host::deadline_ms(5)),
+        Err(Error::Timeout { rank: 2 })
+    );
+    assert_eq!(rung.borrow()[1], 0);
 }

@@ -31,7 +31,8 @@ struct Series {
     mode: Mode,
     size: usize,
     all: Vec<u64>,
-    round_p50: Vec<u64>,
+    /// Per-round p50 in TSC ticks.
+    round_p50: Vec<f64>,
 }
 
 /// Everything ping measured.
@@ -49,6 +50,19 @@ pub struct Results {
 /// Element at permille `pm` of sorted samples.
 fn pct(sorted: &[u64], pm: usize) -> u64 {
     sorted[(sorted.len() - 1) * pm / 1000]
+}
+
+/// Median of sorted samples taken with a clock that advances in steps of `step` ticks
+/// (the TSC under `kvm_pvm`: 10 ns), interpolated within the step that holds it (the
+/// grouped-data median): the raw median can only be a multiple of the step, which
+/// would make a ratio of two medians jump by 10-20%.
+fn median_in_steps(sorted: &[u64], step: u64) -> f64 {
+    let (n, step) = (sorted.len(), step.max(1) as f64);
+    let bin = |v: u64| (v as f64 / step).round();
+    let b = bin(sorted[(n - 1) / 2]);
+    let below = sorted.partition_point(|&v| bin(v) < b);
+    let within = sorted.partition_point(|&v| bin(v) <= b) - below;
+    (b - 0.5 + (n as f64 / 2.0 - below as f64) / within as f64) * step
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -89,7 +103,11 @@ impl Results {
 
     pub fn add_latency(&mut self, pair: Pair, mode: Mode, size: usize, mut v: Vec<u64>) {
         v.sort_unstable();
-        let p50 = if v.is_empty() { 0 } else { pct(&v, 500) };
+        let p50 = if v.is_empty() {
+            0.0
+        } else {
+            median_in_steps(&v, self.resolution)
+        };
         let i = match self
             .lat
             .iter()
@@ -119,8 +137,9 @@ impl Results {
         }
     }
 
-    fn ns(&self, ticks: u64) -> f64 {
-        ticks as f64 / self.tick / 2.0
+    /// One-way nanoseconds of a round trip of `ticks`.
+    fn ns(&self, ticks: f64) -> f64 {
+        ticks / self.tick / 2.0
     }
 
     /// A short progress note: the latest 8-byte poll ratio and streaming figures.
@@ -166,7 +185,7 @@ impl Results {
                         s.round_p50
                             .iter()
                             .zip(&r.round_p50)
-                            .map(|(&f, &r)| f as f64 / r.max(1) as f64)
+                            .map(|(&f, &r)| f / r.max(1.0))
                             .collect()
                     })
                     .unwrap_or_default()
@@ -177,9 +196,9 @@ impl Results {
                 pair: s.pair,
                 mode: s.mode,
                 size: s.size,
-                p50: self.ns(pct(&s.all, 500)),
-                p99: self.ns(pct(&s.all, 990)),
-                p999: self.ns(pct(&s.all, 999)),
+                p50: self.ns(median_in_steps(&s.all, self.resolution)),
+                p99: self.ns(pct(&s.all, 990) as f64),
+                p999: self.ns(pct(&s.all, 999) as f64),
                 samples: s.all.len(),
                 round_ratios,
             });
@@ -207,7 +226,8 @@ impl Results {
             w,
             "fabric-bench: {} interleaved rounds (raw and fabric alternate, order swapped \
              every round), {} round trips per round up to 4 KiB (fewer above), {:.2} TSC \
-             ticks/ns, TSC resolution {:.1} ns (round trips are quantised to it), load \
+             ticks/ns, TSC resolution {:.1} ns (round trips are quantised to it; p50 is interpolated \
+             within that step, p99 and p99.9 are not), load \
              average {}, {:.1} s",
             self.rounds,
             self.iters,
@@ -369,4 +389,19 @@ pub fn json(lat: &[Latency], bw: &[Bandwidth]) -> String {
         )
     }));
     format!("[\n  {}\n]", recs.join(",\n  "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_in_steps;
+
+    #[test]
+    fn median_interpolates_within_the_clock_step() {
+        // All in one step: that step's value.
+        assert_eq!(median_in_steps(&[260; 5], 26), 260.0);
+        // Four samples one step below, six at 20: the median lies a sixth into the step
+        // that starts at 15.
+        let v = [10, 10, 10, 10, 20, 20, 20, 20, 20, 20];
+        assert!((median_in_steps(&v, 10) - (15.0 + 10.0 / 6.0)).abs() < 1e-9);
+    }
 }
