@@ -1139,7 +1139,7 @@ pub fn run(a: BenchArgs) -> Result<u8> {
     ));
 
     let t_start = Instant::now();
-    let mut res = Results::new(khz);
+    let mut res = Results::new(khz, crate::stats::clock_step(rdtsc));
     res.accel = accel.name().to_string();
     res.mpich = mpich.is_some();
     for mode in [Mode::Poll, Mode::Block] {

@@ -1,5 +1,6 @@
 //! `vmpi bench`'s results: percentiles, the table, the JSON records, the SVG plot.
 
+use crate::stats::median_in_steps;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -66,7 +67,7 @@ struct Cell {
     /// Round trips in TSC ticks.
     rtt: Vec<u32>,
     /// Median round trip of each round (ticks), in round order.
-    round_p50: Vec<u32>,
+    round_p50: Vec<f64>,
     /// Bandwidth: bytes and ticks, summed over rounds.
     bytes: u64,
     ticks: u64,
@@ -75,6 +76,8 @@ struct Cell {
 /// Everything measured in one run.
 pub struct Results {
     khz: u64,
+    /// The TSC's step in ticks (see `stats`).
+    step: u64,
     cells: BTreeMap<Key, Cell>,
     /// Accelerator name.
     pub accel: String,
@@ -107,10 +110,11 @@ pub fn percentile(sorted: &[u32], per_mille: usize) -> u32 {
 }
 
 impl Results {
-    /// Empty results; `khz` converts TSC ticks.
-    pub fn new(khz: u64) -> Results {
+    /// Empty results; `khz` converts TSC ticks, which advance in steps of `step`.
+    pub fn new(khz: u64, step: u64) -> Results {
         Results {
             khz: khz.max(1),
+            step,
             cells: BTreeMap::new(),
             accel: String::new(),
             mpich: false,
@@ -125,7 +129,7 @@ impl Results {
         c.rtt.extend_from_slice(rtt);
         let mut v = rtt.to_vec();
         v.sort_unstable();
-        c.round_p50.push(percentile(&v, 500));
+        c.round_p50.push(median_in_steps(&v, self.step));
     }
 
     /// Ratios of `a`'s p50 to `b`'s, round by round (each pair of figures taken
@@ -138,8 +142,8 @@ impl Results {
             .round_p50
             .iter()
             .zip(&y.round_p50)
-            .filter(|(_, q)| **q > 0)
-            .map(|(p, q)| f64::from(*p) / f64::from(*q))
+            .filter(|(_, q)| **q > 0.0)
+            .map(|(p, q)| p / q)
             .collect();
         v.sort_by(f64::total_cmp);
         v
@@ -152,8 +156,8 @@ impl Results {
         c.ticks += ticks;
     }
 
-    fn one_way_ns(&self, ticks: u32) -> f64 {
-        f64::from(ticks) * 1e6 / self.khz as f64 / 2.0
+    fn one_way_ns(&self, ticks: f64) -> f64 {
+        ticks * 1e6 / self.khz as f64 / 2.0
     }
 
     /// One-way latency percentiles of `k`, if measured.
@@ -165,9 +169,9 @@ impl Results {
         let mut v = c.rtt.clone();
         v.sort_unstable();
         Some(Pct {
-            p50: self.one_way_ns(percentile(&v, 500)),
-            p99: self.one_way_ns(percentile(&v, 990)),
-            p999: self.one_way_ns(percentile(&v, 999)),
+            p50: self.one_way_ns(median_in_steps(&v, self.step)),
+            p99: self.one_way_ns(percentile(&v, 990).into()),
+            p999: self.one_way_ns(percentile(&v, 999).into()),
         })
     }
 
@@ -245,8 +249,12 @@ impl Results {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "vmpi bench: one-way latency in ns (half of each round trip), p50 / p99 / p99.9; {}, TSC {} kHz, {:.0} s, load {}",
-            self.accel, self.khz, self.seconds, self.load
+            "vmpi bench: one-way latency in ns (half of each round trip), p50 / p99 / p99.9; {}, TSC {} kHz in steps of {:.1} ns (p50 interpolated within its step), {:.0} s, load {}",
+            self.accel,
+            self.khz,
+            self.one_way_ns(self.step as f64) * 2.0,
+            self.seconds,
+            self.load
         );
         let series = self.series();
         let _ = write!(s, "\n{:>8}", "size");
@@ -485,7 +493,7 @@ mod tests {
 
     #[test]
     fn records_ratios_and_verdict() {
-        let mut r = Results::new(1_000_000); // 1 tick = 1 ns
+        let mut r = Results::new(1_000_000, 1); // 1 tick = 1 ns
         let vm = Key {
             pair: Pair::VmVm,
             mode: Mode::Poll,

@@ -14,6 +14,8 @@ use vmpi::{describe, graph, images, tsc};
 mod bench;
 mod bench_monitor;
 mod bench_report;
+#[path = "../../interconnect/bench/src/stats.rs"]
+mod stats;
 
 /// Compose, launch and draw vmpi systems: unikernel partitions under QEMU/KVM that
 /// talk only through MPI-style shared-memory channels granted by a manifest.

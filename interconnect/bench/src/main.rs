@@ -23,6 +23,7 @@
 
 mod peer;
 mod report;
+mod stats;
 mod sys;
 
 use std::process::{Child, Command, ExitCode, Stdio};

@@ -551,7 +551,11 @@ pub fn run(role: &str, prefix: &str, o: &Opts) -> Result<(), String> {
         max: o.max_size(),
         tick,
     };
-    let resolution = if ping { sys::tsc_resolution() } else { 0 };
+    let resolution = if ping {
+        crate::stats::clock_step(sys::tsc)
+    } else {
+        0
+    };
     // Handshake: pong attached to both pairs.
     if ping {
         let t = Instant::now();

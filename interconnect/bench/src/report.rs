@@ -1,6 +1,7 @@
 //! Samples → percentiles, ratios and the two output formats.
 
 use crate::peer::{BW_SIZE, RAW_INLINE};
+use crate::stats::median_in_steps;
 use crate::{Mode, Opts, Pair};
 use std::fmt::Write;
 
@@ -52,19 +53,6 @@ fn pct(sorted: &[u64], pm: usize) -> u64 {
     sorted[(sorted.len() - 1) * pm / 1000]
 }
 
-/// Median of sorted samples taken with a clock that advances in steps of `step` ticks
-/// (the TSC under `kvm_pvm`: 10 ns), interpolated within the step that holds it (the
-/// grouped-data median): the raw median can only be a multiple of the step, which
-/// would make a ratio of two medians jump by 10-20%.
-fn median_in_steps(sorted: &[u64], step: u64) -> f64 {
-    let (n, step) = (sorted.len(), step.max(1) as f64);
-    let bin = |v: u64| (v as f64 / step).round();
-    let b = bin(sorted[(n - 1) / 2]);
-    let below = sorted.partition_point(|&v| bin(v) < b);
-    let within = sorted.partition_point(|&v| bin(v) <= b) - below;
-    (b - 0.5 + (n as f64 / 2.0 - below as f64) / within as f64) * step
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -103,11 +91,7 @@ impl Results {
 
     pub fn add_latency(&mut self, pair: Pair, mode: Mode, size: usize, mut v: Vec<u64>) {
         v.sort_unstable();
-        let p50 = if v.is_empty() {
-            0.0
-        } else {
-            median_in_steps(&v, self.resolution)
-        };
+        let p50 = median_in_steps(&v, self.resolution);
         let i = match self
             .lat
             .iter()
@@ -389,19 +373,4 @@ pub fn json(lat: &[Latency], bw: &[Bandwidth]) -> String {
         )
     }));
     format!("[\n  {}\n]", recs.join(",\n  "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median_in_steps;
-
-    #[test]
-    fn median_interpolates_within_the_clock_step() {
-        // All in one step: that step's value.
-        assert_eq!(median_in_steps(&[260; 5], 26), 260.0);
-        // Four samples one step below, six at 20: the median lies a sixth into the step
-        // that starts at 15.
-        let v = [10, 10, 10, 10, 20, 20, 20, 20, 20, 20];
-        assert!((median_in_steps(&v, 10) - (15.0 + 10.0 / 6.0)).abs() < 1e-9);
-    }
 }

@@ -191,24 +191,6 @@ pub fn tsc_per_ns() -> f64 {
     (c1 - c0) as f64 / t0.elapsed().as_nanos() as f64
 }
 
-/// The TSC's resolution in ticks: the most common step between two differing reads
-/// (under `kvm_pvm` here the counter advances in steps of about 26 ticks, 10 ns).
-pub fn tsc_resolution() -> u64 {
-    let mut steps = std::collections::BTreeMap::new();
-    for _ in 0..20_000 {
-        let a = tsc();
-        let mut b = tsc();
-        while b == a {
-            b = tsc();
-        }
-        *steps.entry(b.wrapping_sub(a)).or_insert(0u32) += 1;
-    }
-    steps
-        .into_iter()
-        .max_by_key(|&(_, n)| n)
-        .map_or(1, |(d, _)| d)
-}
-
 // ---- clean-up on signals ---------------------------------------------------------
 
 static FILES: OnceLock<Vec<CString>> = OnceLock::new();
