@@ -219,6 +219,7 @@ impl Matcher {
                 (None, None) => false,
             }
     }
+    #[inline]
     fn status(&self, w: Rank, env: &Envelope) -> Status {
         let source = match &self.members {
             Some(m) if self.src.is_none() => m.iter().position(|&x| x == w).unwrap_or(0) as Rank,

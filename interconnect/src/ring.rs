@@ -141,6 +141,7 @@ impl Channel {
 
     /// `Err(Revoked)` if the monitor revoked the channel, `Err(PeerDead)` if the peer
     /// was marked dead or is no longer the generation this endpoint attached to.
+    #[inline]
     pub fn check(&self) -> Result<(), Error> {
         let peer = self.tx.peer;
         if self.r.load32(layout::CONTROL, Relaxed) != layout::OPEN {
@@ -353,6 +354,7 @@ impl Tx {
     }
 
     /// After publishing: true if the receiver announced it is blocking (ring it).
+    #[inline]
     pub fn peer_waiting(&self) -> bool {
         self.r.load32(self.d.rx_waiting(), SeqCst) != 0
     }
@@ -629,6 +631,7 @@ impl Rx {
 
     /// After consuming: true if a checkpoint was passed since the last call and the
     /// sender announced it is blocking for credit (ring it).
+    #[inline]
     pub fn peer_waiting(&mut self) -> bool {
         core::mem::take(&mut self.wake_check) && self.sender_blocked()
     }

@@ -324,6 +324,14 @@ impl Side {
         };
         let recv = |ch: &mut Channel, buf: &mut [u8]| -> Result<usize, String> {
             loop {
+                match ch.rx.take_small(buf, 0, Some(TAG_LAT)) {
+                    interconnect::ring::Small::Took(env) => return Ok(env.len),
+                    interconnect::ring::Small::Empty => {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    interconnect::ring::Small::Other => {}
+                }
                 if ch.rx.peek().map_err(|e| e.to_string())?.is_some()
                     && let Some(n) = ch.rx.take(buf).map_err(|e| e.to_string())?
                 {
