@@ -32,7 +32,8 @@
 //! ```
 //!
 //! Side 0 is the lower world rank. Message `i` of a direction (counting from 0) lives in
-//! slot `i mod slots` with `seq = (i + 1) mod 2^32`; the slot's first 8-byte word
+//! slot `i mod slots` with `seq = session << 24 | (i + 1) mod 2^24` ([`session`]: both
+//! sides' generations, so a reopened channel starts a new one); the first 8-byte word
 //! (`seq` and `tag`) is written last, in one store with release ordering;
 //! the receiver accepts it only if `seq` is exactly that. Slot `i` of both directions
 //! share one cache line: in a request/reply exchange the reply is written into the line
@@ -393,6 +394,21 @@ pub fn revoke(region: &Region) {
     region.store32(CONTROL, REVOKED, SeqCst);
 }
 
+/// The channel's session: the sum of its sides' generations, mod 256, so it changes at
+/// every [`reopen`] that gives a side a new generation. It is the top byte of every
+/// slot's sequence word ([`seq_word`]): a side still attached to an earlier session
+/// (it passed its liveness check just before the reopen) never has a slot accepted by
+/// the new session, nor accepts one of it.
+pub fn session(region: &Region) -> u32 {
+    let g = |s| region.load32(generation_off(s), Acquire);
+    g(0).wrapping_add(g(1)) & 0xff
+}
+
+/// The sequence word of the `n`-th message (from 1) of a direction in session `s`.
+pub const fn seq_word(s: u32, n: u64) -> u32 {
+    s << 24 | (n as u32 & 0x00ff_ffff)
+}
+
 /// Launcher/monitor: marks side `side` (0 or 1) dead; its peer then gets `PeerDead`.
 pub fn mark_dead(region: &Region, side: usize) {
     region.store32(alive_off(side & 1), DEAD, SeqCst);
@@ -423,6 +439,7 @@ impl Meter {
     /// Reads both directions' counters (bounded work: at most `slots` reads each).
     pub fn read(&mut self, region: &Region, g: &Geometry) -> [Counts; 2] {
         let mut out = [Counts::default(); 2];
+        let session = session(region);
         for (d, c) in out.iter_mut().enumerate() {
             let dir = g.dir(d);
             let mask = u64::from(g.slots) - 1;
@@ -435,7 +452,7 @@ impl Meter {
             }
             for _ in 0..g.slots {
                 let off = dir.slots + LINE * (n & mask) as usize;
-                if region.load64(off + SEQ, Acquire) as u32 != (n as u32).wrapping_add(1) {
+                if region.load64(off + SEQ, Acquire) as u32 != seq_word(session, n + 1) {
                     break;
                 }
                 let len_kind = (region.load64(off + CTX, Relaxed) >> 32) as u32;

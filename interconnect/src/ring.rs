@@ -31,6 +31,7 @@ pub struct Tx {
     d: Dir,
     g: Geometry,
     peer: Rank,
+    session: u32,
     head: u64,
     consumed: u64,
     data_head: u64,
@@ -45,6 +46,7 @@ pub struct Rx {
     d: Dir,
     g: Geometry,
     peer: Rank,
+    session: u32,
     next: u64,
     data_tail: u64,
     /// Message in progress: (envelope, bytes received so far).
@@ -101,11 +103,13 @@ impl Channel {
                 ));
             }
         };
+        let session = layout::session(&region);
         let tx = Tx {
             r: region.clone(),
             d: g.dir(side),
             g,
             peer,
+            session,
             head: 0,
             consumed: 0,
             data_head: 0,
@@ -118,6 +122,7 @@ impl Channel {
             d: g.dir(1 - side),
             g,
             peer,
+            session,
             next: 0,
             data_tail: 0,
             cur: None,
@@ -266,10 +271,9 @@ impl Tx {
         }
         self.head += 1;
         // Last, and a full barrier, so that `peer_waiting` reads the flag after it.
-        self.r.swap64(
-            off + SEQ,
-            u64::from(self.head as u32) | u64::from(tag) << 32,
-        );
+        let seq = layout::seq_word(self.session, self.head);
+        self.r
+            .swap64(off + SEQ, u64::from(seq) | u64::from(tag) << 32);
     }
 
     /// Sends (more of) one message: `done` bytes of `data` already went out in earlier
@@ -380,6 +384,15 @@ impl Rx {
         }
     }
 
+    /// True if a slot whose sequence word is not the next message's is simply not
+    /// written yet: it holds the previous lap's message (or zeroes), or a message of
+    /// another session (a writer that has not noticed the channel was reopened).
+    #[inline]
+    fn unwritten(&self, seq: u32) -> bool {
+        let old = (self.next + 1).saturating_sub(u64::from(self.g.slots));
+        seq == layout::seq_word(self.session, old) || seq >> 24 != self.session
+    }
+
     /// Reads and validates the next slot, if it is published.
     fn slot(&mut self) -> Result<Option<Slotv>, Error> {
         if self.broken {
@@ -391,10 +404,8 @@ impl Rx {
         let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
         let first = self.r.load64(off + SEQ, Acquire);
         let (seq, tag) = (first as u32, (first >> 32) as u32);
-        if seq != (self.next + 1) as u32 {
-            // Not yet written: the slot still holds the previous lap's message (or 0).
-            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots)) as u32;
-            if seq == old {
+        if seq != layout::seq_word(self.session, self.next + 1) {
+            if self.unwritten(seq) {
                 return Ok(None);
             }
             return Err(self.malformed("slot sequence", seq.into()));
@@ -495,9 +506,8 @@ impl Rx {
         let off = self.d.slots + LINE * (self.next & (u64::from(self.g.slots) - 1)) as usize;
         let first = self.r.load64(off + SEQ, Acquire);
         let seq = first as u32;
-        if seq != (self.next + 1) as u32 {
-            let old = (self.next + 1).saturating_sub(u64::from(self.g.slots)) as u32;
-            return if seq == old {
+        if seq != layout::seq_word(self.session, self.next + 1) {
+            return if self.unwritten(seq) {
                 Small::Empty
             } else {
                 Small::Other

@@ -98,13 +98,42 @@ fn put64(r: &Region, off: usize, v: u64) {
 fn sequence_numbers() {
     assert_eq!(malformed(0, |r| put32(r, slot(0, SEQ), 7)), "slot sequence");
     assert_eq!(
-        malformed(8, |r| put32(r, slot(0, SEQ), u32::MAX)),
+        malformed(8, |r| put32(r, slot(0, SEQ), 0x00ff_ffff)),
         "slot sequence"
     );
     assert_eq!(malformed(8, |r| put32(r, slot(0, SEQ), 5)), "slot sequence");
-    // A stale sequence (the slot's previous lap) is just "nothing yet".
-    let (r, _) = attack(8, |r| put32(r, slot(0, SEQ), 0));
-    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    // A stale sequence (the slot's previous lap, or another session's message) is just
+    // "nothing yet".
+    for stale in [0, 1 | 1 << 24] {
+        let (r, _) = attack(8, |r| put32(r, slot(0, SEQ), stale));
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    }
+}
+
+#[test]
+fn a_side_attached_before_a_reopen_never_reaches_the_new_session() {
+    let g = geometry();
+    let r = Region::heap(g.region_len());
+    layout::init(&r, g, [0, 1]).unwrap();
+    let mut stale = Channel::attach(r.clone(), 0, 1).unwrap();
+    // Side 1 restarts: the channel is reopened with its new generation.
+    layout::reopen(&r, g, [0, 1], [0, 1]).unwrap();
+    let mut fresh = Channel::attach(r.clone(), 1, 0).unwrap();
+    // The old side passed its liveness check just before; it publishes now.
+    let mut done = 0;
+    stale.tx.send(1, 0, b"stale", &mut done).unwrap();
+    assert_eq!(fresh.rx.peek().unwrap(), None);
+    // The new session's side 1 sends; the old side 0 does not take it either.
+    fresh.tx.send(2, 0, b"new", &mut 0).unwrap();
+    assert_eq!(stale.rx.peek().unwrap(), None);
+    // Side 0 re-attached to the new session: both ways work, the stale slot is
+    // overwritten by the new session's first message.
+    let mut again = Channel::attach(r, 0, 1).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(again.rx.take(&mut buf).unwrap(), Some(3));
+    again.tx.send(3, 0, b"again", &mut 0).unwrap();
+    assert_eq!(fresh.rx.take(&mut buf).unwrap(), Some(5));
+    assert_eq!(&buf[..5], b"again");
 }
 
 #[test]

@@ -292,7 +292,8 @@ fn run(
             let mut body = [0u8; layout::SLOT - 4];
             body[..4].copy_from_slice(&1u32.to_le_bytes()); // tag 1, length 0, kind 0
             r.write(off + 4, &body);
-            r.store32(off, (n + 1) as u32, core::sync::atomic::Ordering::Release);
+            let seq = layout::seq_word(layout::session(r), n + 1);
+            r.store32(off, seq, core::sync::atomic::Ordering::Release);
             ep.platform().ring(to);
             Ok((1, "ok".into(), format!(",\"slot\":{n}")))
         }
