@@ -1470,34 +1470,3 @@ fn deliver(slot: &mut Option<Req>, u: Option<Unexp>) {
         Ok(st)
     });
 }
-
-/// Receives on rank 1 of a 2-rank world over `region` until empty or error.
-pub(crate) fn fuzz_receive(region: crate::shm::Region) -> usize {
-    let Ok(ch) = Channel::attach(region, 1, 0) else {
-        return 0;
-    };
-    let cfg = Config::new(2);
-    let Ok(mut ep) = Endpoint::new(
-        &cfg,
-        1,
-        vec![(0, ch)],
-        crate::fuzzing::FuzzPlatform::default(),
-    ) else {
-        return 0;
-    };
-    let world = ep.world();
-    let mut buf = vec![0u8; 4096];
-    let mut n = 0;
-    let r = ep.irecv(&world, 0, 5, 100);
-    for _ in 0..64 {
-        let dl = ep.after_ms(5);
-        match ep.recv(&world, ANY_SOURCE, ANY_TAG, &mut buf, dl) {
-            Ok(_) | Err(Error::Truncated { .. }) | Err(Error::Cancelled { .. }) => n += 1,
-            Err(_) => break,
-        }
-    }
-    if let Ok(r) = r {
-        let _ = ep.test(&r);
-    }
-    n
-}
