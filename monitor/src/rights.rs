@@ -463,6 +463,25 @@ impl RightsTable {
         Ok(edge.id)
     }
 
+    /// The send rights of both ends of the channel between partitions `ends` (side 0
+    /// first), as its control block publishes them (`interconnect::layout::publish`):
+    /// an end with no edge to the other may not send.
+    pub fn channel_rights(&self, ends: [u16; 2]) -> [interconnect::Rights; 2] {
+        let side = |from: u16, to: u16| {
+            let e = self.edge(from, to);
+            interconnect::Rights {
+                send: e.is_some(),
+                recv: self.edge(to, from).is_some(),
+                tags: match e.and_then(|e| e.rights.tags) {
+                    Some(t) => (t.lo, t.hi),
+                    None => (0, interconnect::ANY_TAG - 1),
+                },
+                nonblocking: e.is_some_and(|e| e.rights.nonblocking),
+            }
+        };
+        [side(ends[0], ends[1]), side(ends[1], ends[0])]
+    }
+
     /// What partition `index` may learn: itself, its peers, its groups, its edges.
     pub fn view(&self, index: u16) -> Option<RightsTable> {
         self.partition(index)?;
