@@ -48,7 +48,7 @@
 //! A channel is created [`PENDING`]; its publisher (the monitor partition, or the
 //! launcher of a system without one) writes each side's send rights into the control
 //! block and then opens it ([`publish`]); a side reads its rights once the channel is
-//! open ([`read_rights`]). Both sides can write the control block too (ivshmem maps the
+//! no longer pending ([`read_rights`]: open, or already revoked). Both sides can write the control block too (ivshmem maps the
 //! whole region): a side lying there deceives only the checks at the senders, never
 //! the hypervisor mapping or the monitor's meter.
 
@@ -385,10 +385,11 @@ pub fn publish(region: &Region, rights: [Rights; 2]) {
     region.store32(CONTROL, OPEN, Release);
 }
 
-/// Side `side`'s rights as published, once the channel is open (`None` before, or once
-/// revoked): its own send rights, and `recv` if its peer may send.
+/// Side `side`'s rights as published (`None` while [`PENDING`]; a revoked channel keeps
+/// them, its calls fail with `Revoked`): its own send rights, and `recv` if its peer
+/// may send.
 pub fn read_rights(region: &Region, side: usize) -> Option<Rights> {
-    if region.load32(CONTROL, Acquire) != OPEN {
+    if region.load32(CONTROL, Acquire) == PENDING {
         return None;
     }
     let mut w = [[0u32; 3]; 2];
@@ -569,7 +570,11 @@ mod tests {
         let c = Control::read_from_bytes(&c).unwrap();
         assert_eq!(c.rights, [[MAY_SEND, 7, 9], [MAY_ISEND, 0, ANY_TAG - 1]]);
         revoke(&r);
-        assert_eq!(read_rights(&r, 1), None, "revoked");
+        assert_eq!(
+            read_rights(&r, 1),
+            Some(Rights { recv: true, ..hi }),
+            "kept"
+        );
         // Re-initialised for a new generation: pending again until published.
         reopen(&r, g, [3, 5], [0, 1]).unwrap();
         assert_eq!(read_rights(&r, 1), None);

@@ -25,7 +25,7 @@
 //! Not from the command line: the monitor partition (or, in a system without one, the
 //! launcher) publishes each end's send rights (may send, non-blocking, tag range) in
 //! the channel's control block and then opens it (`interconnect::layout::publish`).
-//! [`endpoint`] waits until every channel of the partition is open, at most
+//! [`endpoint`] waits until no channel of the partition is pending, at most
 //! [`PUBLISH_WAIT_MS`] in all, reads its rights there (`layout::read_rights`), and
 //! otherwise ends the partition with [`exit::UNPUBLISHED`] instead of hanging. A
 //! partition maps only its own channels, so it learns only its own rights.
@@ -84,8 +84,8 @@ pub mod exit {
     pub const MISSING_CHANNEL: u8 = 91;
     /// A channel region or the configuration was refused by the interconnect.
     pub const SETUP: u8 = 92;
-    /// A channel stayed unopened for [`super::PUBLISH_WAIT_MS`]: nobody published its
-    /// rights (no monitor partition running?), or it was revoked meanwhile.
+    /// A channel stayed pending for [`super::PUBLISH_WAIT_MS`]: nobody published its
+    /// rights (no monitor partition running?).
     pub const UNPUBLISHED: u8 = 93;
 }
 
@@ -331,10 +331,11 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
     let mut geometry = Geometry::default();
     let until = rt::time::now().after(Duration::from_millis(PUBLISH_WAIT_MS));
     for c in &args.channels {
-        let missing = |what: &str| SetupError {
+        let fail = |what: &str, status| SetupError {
             message: format!("ch= slot {} (peer {}): {what}", c.slot, c.peer),
-            status: exit::MISSING_CHANNEL,
+            status,
         };
+        let missing = |what: &str| fail(what, exit::MISSING_CHANNEL);
         let shm = rt::shm_regions()
             .iter()
             .find(|r| r.pci().bus == 0 && r.pci().device == c.slot && r.pci().function == 0)
@@ -355,16 +356,12 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
                 break r;
             }
             if rt::time::now() >= until {
-                return Err(SetupError {
-                    message: format!(
-                        "ch= slot {} (peer {}): not opened within {PUBLISH_WAIT_MS} ms \
-                         (control word {}): nobody published its rights",
-                        c.slot,
-                        c.peer,
-                        region.load32(layout::CONTROL, core::sync::atomic::Ordering::Relaxed)
+                return Err(fail(
+                    &format!(
+                        "still pending after {PUBLISH_WAIT_MS} ms: nobody published its rights"
                     ),
-                    status: exit::UNPUBLISHED,
-                });
+                    exit::UNPUBLISHED,
+                ));
             }
             let _ = rt::wait(Some(rt::time::now().after(Duration::from_millis(1))));
         });
