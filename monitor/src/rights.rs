@@ -1,9 +1,12 @@
 //! The rights table: which partition may send to which, with which tags, how fast,
 //! and what the monitor does when a partition fails.
 //!
-//! Built from the manifest with [`RightsBuilder`]; each partition receives only its own
-//! [`RightsTable::view`] (see [`crate::wire`] for the published encoding); every send is
-//! checked by [`RightsTable::check_send`], the one place where rights are checked.
+//! Built from the manifest with [`RightsBuilder`]. Each partition learns only its own
+//! rights: the monitor partition publishes [`RightsTable::channel_rights`] in the
+//! control block of each channel, which only its two ends map, and their fabric checks
+//! every send against them. [`RightsTable::view`] is the same restriction as a table
+//! (see [`crate::wire`] for its encoding); [`RightsTable::check_send`] is the check
+//! itself on the full table.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
