@@ -4,8 +4,8 @@
 //! - `flood.toml`: a flooder (as fast as it can, 10,000 msg/s quota, burst 100) is
 //!   convicted, its channel revoked, its VM killed; the receiver gets every message
 //!   of the two well-behaved senders (count, order and checksum recomputed here);
-//! - `rights.toml`: sends outside the rights table (no channel, tag out of range,
-//!   non-blocking not granted) get `PermissionDenied`; a PCI scan finds only the
+//! - `rights.toml`: sends outside the rights the monitor published (no channel, tag
+//!   out of range, non-blocking not granted) get `PermissionDenied`; a PCI scan finds only the
 //!   channels a partition was given (none for a partition with no right);
 //! - `timeout.toml`: a blocking send to a peer that never receives ends in `Timeout`;
 //! - `corrupt.toml`: a peer writing a malformed message into its ring is refused
@@ -24,6 +24,12 @@
 //!   of the reopened control channel follows, so generation 1's heartbeat reaches it;
 //! - `restart-launcher.toml`: the same without a monitor partition: the launcher
 //!   restarts on its own and reopens the channel for generation 1.
+//! - `unpublished.toml`: the monitor partition, which publishes every channel's
+//!   rights, fails before it does: the channel stays pending and both its ends exit
+//!   with the fabric's status 93 after 5 s instead of hanging;
+//! - `unauthorized.toml`: a partition writing by hand into its ring on a direction it
+//!   has no right to send on (its fabric refused the same send) is convicted by the
+//!   monitor, which meters every direction of every channel (revoked, killed).
 //!
 //! Latencies the monitor logs are printed, not asserted (BENCHMARKS.md has them).
 
@@ -121,6 +127,12 @@ fn sends_outside_the_rights_are_refused_and_a_scan_finds_only_granted_channels()
     let all = text(&o);
     assert_eq!(o.status.code(), Some(0), "{all}");
     assert_has(&all, "every partition succeeded -> exit status 0");
+    // The rights below are the ones the monitor published (the command line carries
+    // none).
+    assert_has(
+        &log(&d.0, "monitor"),
+        "monitor: published the rights of 1 channel(s)",
+    );
     let a = log(&d.0, "a");
     let r = report(&a);
     // One channel (to b) in PCI slot 1: nothing else on its bus.
@@ -383,5 +395,50 @@ fn garbage_on_a_control_channel_to_the_monitor_is_hostile() {
         "{monitor}"
     );
     assert_has(report(&log(&d.0, "honest")), r#""expects_failed":0"#);
+    assert_clean(pid);
+}
+
+#[test]
+fn rights_come_from_the_monitor_and_a_partition_does_not_wait_forever_for_them() {
+    let d = TempDir::new("unpublished");
+    let (o, pid) = up("unpublished.toml", &d.0);
+    let all = text(&o);
+    // The monitor fails before publishing; the channel stays pending, and the
+    // launcher (a monitor being configured) does not publish it either.
+    assert_has(&all, "monitor      status 90 (service status)");
+    assert_has(&all, "a            status 93 (service status)");
+    assert_has(&all, "b            status 93 (service status)");
+    assert_has(&log(&d.0, "monitor"), "monitor: bad watch=`bogus`");
+    for name in ["a", "b"] {
+        assert_has(
+            &log(&d.0, name),
+            "still pending after 5000 ms: nobody published its rights (exit 93)",
+        );
+    }
+    assert_clean(pid);
+}
+
+#[test]
+fn a_send_on_a_direction_without_a_right_convicts_the_sender() {
+    let d = TempDir::new("unauthorized");
+    let (o, pid) = up("unauthorized.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(137), "{all}");
+    assert_has(&all, "a            killed on the monitor's verdict");
+    assert_has(&all, "b            status 0 (success)");
+    assert_has(&all, "monitor      status 0 (success)");
+    let monitor = log(&d.0, "monitor");
+    assert_has(&monitor, "monitor: published the rights of 1 channel(s)");
+    // The published rights refused the send through the fabric; the hand-written
+    // message on the same direction convicts its sender (killed before its report).
+    let a = log(&d.0, "a");
+    assert_has(&a, "scenario: send -> 0 PermissionDenied");
+    assert_has(&a, "scenario: corrupt -> 1 ok");
+    assert_has(
+        &monitor,
+        "verdict: Unauthorized { from: PartitionId { index: 0, generation: 0 }, to: 1, messages: 1,",
+    );
+    assert_has(&monitor, "revoke: edge 0 (1 -> 0)");
+    assert_has(&monitor, "kill: asked the launcher to kill p0.g0");
     assert_clean(pid);
 }

@@ -120,7 +120,7 @@ fn bad_fabric_command_lines_end_with_a_status_and_a_reason() {
     assert_has(&all, "nodevice     status 91");
     assert_has(
         &log(&d.0, "garbled"),
-        "fabric: bad ch=`x`: expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS (exit 90)",
+        "fabric: bad ch=`x`: expected SLOT:PEER:SIDE:TX:RX (exit 90)",
     );
     assert_has(
         &log(&d.0, "nodevice"),

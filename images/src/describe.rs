@@ -84,9 +84,14 @@ pub fn describe(sys: &System, partitions: &Path, tsc_khz: u64) -> String {
             .collect();
         let _ = writeln!(o, "  {} (id {id}): {}", g.name, members.join(" "));
     }
+    let publisher = match sys.monitor.partition {
+        Some(r) => format!("the monitor `{}`", sys.partitions[r].name),
+        None => "vmpi up".to_string(),
+    };
     let _ = writeln!(
         o,
-        "\nchannels (one /dev/shm file each; a pair not listed has none):"
+        "\nchannels (one /dev/shm file each; a pair not listed has none; {publisher} \
+         publishes each end's rights in the channel):"
     );
     if sys.channels.is_empty() {
         let _ = writeln!(o, "  none");
@@ -163,6 +168,10 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("on fault: restart (at most 3)"), "{d}");
+        assert!(
+            d.contains("the monitor `monitor` publishes each end's rights in the channel"),
+            "{d}"
+        );
         assert!(
             d.contains("monitor: partition `monitor`; on flood: kill"),
             "{d}"

@@ -12,7 +12,7 @@
 //! | `rank` | its world rank (0-based, manifest order) | `rank=0` |
 //! | `size` | number of partitions in the system (world size) | `size=3` |
 //! | `groups` | only if it is in a group: `;`-separated `NAME:R,R,...` with the members' world ranks in group-rank order (the group's id is its position in the manifest, given as `NAME@ID`) | `groups=g1@0:0,1;g2@1:0,2` |
-//! | `ch` | once per channel, in PCI-slot order: see [`ChannelArg`] | `ch=1:1:0:65536:65536:n:*` |
+//! | `ch` | once per channel, in PCI-slot order: see [`ChannelArg`] | `ch=1:1:0:65536:65536` |
 //! | `need_shm` | runtime key (`abi::key`), only with channels: how many ivshmem devices must be found | `need_shm=2` |
 //! | `need_doorbell` | runtime key, only with channels: `1` = doorbells (MSI-X) required | `need_doorbell=1` |
 //! | `pci_ecam` | runtime key, only on `machine = "q35"`: its ECAM address | `pci_ecam=0xb0000000` |
@@ -23,10 +23,13 @@
 //! | ... | the partition's own `args` from the manifest, last | `greeting=hi` |
 //!
 //! # Channel memory
-//! The launcher initialises every channel file with `interconnect::layout::init`
-//! (header with magic, geometry and the two world ranks; control word open; both
-//! sides alive). The guest reads the geometry from that header; `TX`/`RX` in `ch=`
-//! say which directions it may use and how large the manifest made them.
+//! The launcher initialises every channel file with `interconnect::layout::reopen`
+//! (header with magic, geometry and the two world ranks; both sides alive) and leaves
+//! it pending; the monitor partition, or the launcher itself when there is none,
+//! publishes each end's send rights in its control block and opens it
+//! (`interconnect::layout::publish`). The guest reads the geometry from that header
+//! and its rights from the control block; `TX`/`RX` in `ch=` say how large the
+//! manifest made each direction's ring (0: no right that way).
 
 use crate::manifest::{Channel, System};
 
@@ -49,8 +52,6 @@ pub fn channel_arg(channel: &Channel, rank: usize) -> Option<ChannelArg> {
         side: side as u8,
         tx: tx.map_or(0, |e| e.ring_bytes),
         rx: rx.map_or(0, |e| e.ring_bytes),
-        nonblocking: tx.is_some_and(|e| e.nonblocking),
-        tags: tx.and_then(|e| e.tags),
     })
 }
 
@@ -188,17 +189,11 @@ mod tests {
 
     #[test]
     fn channel_arg_round_trips() {
-        for s in ["1:2:0:65536:0:n:0-99", "3:0:1:0:4096:-:*"] {
+        for s in ["1:2:0:65536:0", "3:0:1:0:4096"] {
             let a: ChannelArg = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
         }
-        for bad in [
-            "",
-            "1:2:0:1:1:n",
-            "1:2:2:1:1:n:*",
-            "1:2:0:1:1:x:*",
-            "1:2:0:1:1:n:5",
-        ] {
+        for bad in ["", "1:2:0:1", "1:2:2:1:1", "1:2:0:1:x", "1:2:0:1:1:n:*"] {
             assert!(bad.parse::<ChannelArg>().is_err(), "{bad}");
         }
     }
@@ -211,17 +206,17 @@ mod tests {
         assert_eq!(
             client,
             "vmpi=1 name=client rank=0 size=5 groups=naming@0:0,1;storage@1:0,2 \
-             ch=1:1:0:65536:65536:-:* ch=2:2:0:262144:262144:n:* need_shm=2 need_doorbell=1 \
+             ch=1:1:0:65536:65536 ch=2:2:0:262144:262144 need_shm=2 need_doorbell=1 \
              tsc_khz=2000000"
         );
         let log = guest_args(&sys, 3, 1).join(" ");
         assert_eq!(
             log,
-            "vmpi=1 name=log rank=3 size=5 ch=1:1:1:0:16384:-:* ch=2:2:1:0:16384:-:* \
+            "vmpi=1 name=log rank=3 size=5 ch=1:1:1:0:16384 ch=2:2:1:0:16384 \
              need_shm=2 need_doorbell=1 tsc_khz=1"
         );
         let names = guest_args(&sys, 1, 1).join(" ");
-        assert!(names.contains(" ch=2:3:0:16384:0:-:0-15 "), "{names}");
+        assert!(names.contains(" ch=2:3:0:16384:0 "), "{names}");
         let monitor = guest_args(&sys, 4, 1).join(" ");
         // The monitor sees every channel (ids 0/1 on its own, 2 on the others, none
         // here) and the control region after them.

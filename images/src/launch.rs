@@ -10,10 +10,12 @@
 //!   `$TMPDIR/vmpi-PID/qmp-NAME.sock`: partition `NAME`'s QMP socket;
 //! - `LOG_DIR/NAME.log`: partition `NAME`'s serial log (kept).
 //!
-//! Without a monitor partition, `on_fault = "restart"` is carried out here (the
-//! partition's channels reopened for its next generation first). With one
-//! (`[monitor] partition`), the launcher decides nothing: it maps every channel into
-//! the monitor too (ivshmem id 2) with a control region
+//! Channels are created pending. Without a monitor partition, the launcher publishes
+//! their rights itself at once, and `on_fault = "restart"` is carried out here (the
+//! partition's channels reopened and published for its next generation first). With one
+//! (`[monitor] partition`), the launcher decides nothing: the monitor publishes the
+//! rights; the launcher maps every channel into the monitor too (ivshmem id 2) with a
+//! control region
 //! (`/dev/shm/vmpi-PID-control`, [`crate::control_region`]) holding the rights table,
 //! polls that region every millisecond without ever blocking on it, carries out the
 //! monitor's `Kill` (SIGKILL, then `layout::mark_dead` on the partition's channels)
@@ -219,15 +221,29 @@ fn say(msg: &str) {
 }
 
 /// THE hook where the launcher initialises a channel's shared memory before any
-/// partition maps it: `interconnect::layout::init` writes the header (magic,
-/// geometry from the manifest's rings, world ranks of side 0 and 1), opens the
-/// channel and marks both sides alive. The layout itself is the interconnect's.
-pub fn init_channel(file: &File, channel: &Channel) -> std::io::Result<()> {
+/// partition maps it: `interconnect::layout::reopen` writes the header (magic,
+/// geometry from the manifest's rings, world ranks of side 0 and 1), marks both sides
+/// alive and leaves the channel pending until its rights are published (see
+/// [`publish_rights`]). The layout itself is the interconnect's.
+pub fn init_channel(file: &File, sys: &System, channel: &Channel) -> std::io::Result<()> {
     let len = usize::try_from(channel.file_bytes).map_err(std::io::Error::other)?;
     let region = interconnect::shm::host::map_file(file, len)?;
     let ranks = channel.ends.map(|r| r as interconnect::Rank);
-    interconnect::layout::init(&region, channel.geometry(), ranks)
-        .map_err(|e| std::io::Error::other(format!("initialising channel {}: {e}", channel.index)))
+    interconnect::layout::reopen(&region, channel.geometry(), ranks, [0; 2]).map_err(|e| {
+        std::io::Error::other(format!("initialising channel {}: {e}", channel.index))
+    })?;
+    publish_rights(sys, &region, channel);
+    Ok(())
+}
+
+/// Publishes a channel's rights (each end's send rights from the rights table, then
+/// the channel opens) if the system has no monitor partition; with one, the monitor
+/// publishes them and the launcher leaves the channel pending.
+fn publish_rights(sys: &System, region: &interconnect::shm::Region, channel: &Channel) {
+    if sys.monitor.partition.is_none() {
+        let ends = channel.ends.map(|r| r as u16);
+        interconnect::layout::publish(region, sys.rights.channel_rights(ends));
+    }
 }
 
 /// A flag that SIGINT, SIGTERM and SIGHUP raise: the launcher and the benchmarks poll
@@ -421,7 +437,7 @@ pub fn up(sys: &System, opts: &UpOptions, stop: &Arc<AtomicBool>) -> Result<Repo
         let path = shm_path(pid, c.index);
         // Mapped for the monitor's kills and the launcher's own restarts.
         let (file, region) = shm_file(&mut run, path, c.file_bytes, |file| {
-            init_channel(file, c)?;
+            init_channel(file, sys, c)?;
             let len = usize::try_from(c.file_bytes).unwrap_or(usize::MAX);
             interconnect::shm::host::map_file(file, len)
         })?;
@@ -634,8 +650,9 @@ fn reopen_for(sys: &System, vms: &[Vm], regions: &[interconnect::shm::Region], r
         };
         let ranks = c.ends.map(|r| r as interconnect::Rank);
         let gens = c.ends.map(generation);
-        if let Err(e) = interconnect::layout::reopen(region, c.geometry(), ranks, gens) {
-            say(&format!("reopen: channel {}: {e}", c.index));
+        match interconnect::layout::reopen(region, c.geometry(), ranks, gens) {
+            Ok(()) => publish_rights(sys, region, c),
+            Err(e) => say(&format!("reopen: channel {}: {e}", c.index)),
         }
     }
 }

@@ -484,7 +484,7 @@ fn real_hello_images_run() {
     assert!(out.contains("all 5 partition(s) up"), "{out}");
     let client = std::fs::read_to_string(logs.join("client.log")).unwrap();
     assert!(
-        client.contains("[client] arg ch=2:2:0:262144:262144:n:*"),
+        client.contains("[client] arg ch=2:2:0:262144:262144"),
         "{client}"
     );
     assert_clean(pid);

@@ -5,9 +5,9 @@
 //!           │ Header  (64 B) magic, version, geometry,      │ written once by the
 //!           │                world ranks of side 0 and 1    │ launcher (trusted)
 //!       64  ├───────────────────────────────────────────────┤
-//!           │ Control (64 B) control word (OPEN/REVOKED),   │ owned by the monitor
-//!           │                liveness, generation of side   │ and the launcher
-//!           │                0 and 1                        │
+//!           │ Control (64 B) control word (PENDING/OPEN/    │ owned by the monitor
+//!           │                REVOKED), liveness, generation │ and the launcher
+//!           │                and send rights of side 0, 1   │
 //!      128  ├───────────────────────────────────────────────┤
 //!           │ direction 0 (side 0 → side 1), 3 lines:       │
 //!           │   Producer line: data_head, malformed         │ written by the sender
@@ -46,9 +46,16 @@
 //! receiver accepts exactly what a slot declares. Data-area positions are monotone byte
 //! counters (`pos mod data_len` is the offset); a fragment is contiguous and 64-byte
 //! aligned. `data_head` in the producer line is advisory (the sender's own view).
+//!
+//! A channel is created [`PENDING`]; its publisher (the monitor partition, or the
+//! launcher of a system without one) writes each side's send rights into the control
+//! block and then opens it ([`publish`]); a side reads its rights once the channel is
+//! no longer pending ([`read_rights`]: open, or already revoked). Both sides can write the control block too (ivshmem maps the
+//! whole region): a side lying there deceives only the checks at the senders, never
+//! the hypervisor mapping or the monitor's meter.
 
 use crate::shm::Region;
-use crate::{Error, Rank};
+use crate::{Error, Rank, Rights};
 use core::mem::{offset_of, size_of};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -63,10 +70,16 @@ pub const LINE: usize = 64;
 pub const INLINE_MAX: usize = 16;
 /// Bytes of one slot (two slots per cache line).
 pub const SLOT: usize = 32;
+/// Control word: rights not published yet (a zeroed control block).
+pub const PENDING: u32 = 0;
 /// Control word: channel open.
 pub const OPEN: u32 = 1;
 /// Control word: channel revoked by the monitor (any value but OPEN reads as revoked).
 pub const REVOKED: u32 = 2;
+/// Rights flag: the side may send.
+pub const MAY_SEND: u32 = 1;
+/// Rights flag: the side may send without blocking.
+pub const MAY_ISEND: u32 = 2;
 /// Liveness word: side alive.
 pub const ALIVE: u32 = 1;
 /// Liveness word: side dead (set by the launcher or monitor).
@@ -109,8 +122,11 @@ pub struct Control {
     /// Generation (incarnation) of side 0 and 1, set at [`reopen`]; an endpoint
     /// attached to an older generation of its peer gets `PeerDead`.
     pub generation: [u32; 2],
+    /// Send rights of side 0 and 1: flags ([`MAY_SEND`], [`MAY_ISEND`]), lowest and
+    /// highest tag allowed.
+    pub rights: [[u32; 3]; 2],
     /// Reserved, zero.
-    pub reserved: [u32; 11],
+    pub reserved: [u32; 5],
 }
 
 /// Producer line of one direction (written by the sender).
@@ -196,6 +212,7 @@ pub const fn alive_off(side: usize) -> usize {
 pub const fn generation_off(side: usize) -> usize {
     LINE + offset_of!(Control, generation) + 4 * side
 }
+const RIGHTS: usize = LINE + offset_of!(Control, rights);
 const DIRS: usize = 2 * LINE;
 const SLOTS: usize = DIRS + 6 * LINE;
 /// Offset of a slot's first 8-byte word within the slot: `seq | tag << 32`, written
@@ -310,17 +327,17 @@ impl Dir {
     }
 }
 
-/// Initialises a channel region (the launcher's job): zeroes it, writes the header,
-/// opens the channel and marks both sides alive, as generation 0. `ranks` are the world
-/// ranks of side 0 and side 1 (side 0 must be the lower).
+/// Initialises a channel region open with every right, as generation 0 (host
+/// transports and tests: their endpoints take their rights from the `Config`). `ranks`
+/// are the world ranks of side 0 and side 1 (side 0 must be the lower).
 pub fn init(region: &Region, g: Geometry, ranks: [Rank; 2]) -> Result<(), Error> {
-    reopen(region, g, ranks, [0; 2])
+    reopen(region, g, ranks, [0; 2]).map(|()| publish(region, [Rights::default(); 2]))
 }
 
-/// Monitor: re-initialises a channel like [`init`] for the given generations of its
-/// sides (a restarted partition's side gets its new generation; the surviving peer's
-/// endpoint then gets `PeerDead` until it re-attaches). The generations are written
-/// before the channel opens.
+/// Launcher or monitor: (re-)initialises a channel region for the given generations of
+/// its sides: zeroes it, writes the header, marks both sides alive and leaves it
+/// [`PENDING`] until [`publish`] (a restarted partition's side gets its new generation;
+/// the surviving peer's endpoint then gets `PeerDead` until it re-attaches).
 pub fn reopen(region: &Region, g: Geometry, ranks: [Rank; 2], gens: [u32; 2]) -> Result<(), Error> {
     g.validate()?;
     if ranks[0] >= ranks[1] {
@@ -355,8 +372,37 @@ pub fn reopen(region: &Region, g: Geometry, ranks: [Rank; 2], gens: [u32; 2]) ->
     region.store32(alive_off(1), ALIVE, Relaxed);
     region.store32(generation_off(0), gens[0], Relaxed);
     region.store32(generation_off(1), gens[1], Relaxed);
-    region.store32(CONTROL, OPEN, Release);
     Ok(())
+}
+
+/// Publisher (the monitor, or the launcher of a system without one): writes each side's
+/// send rights (`recv` is not stored: a side may receive what its peer may send), then
+/// opens the channel (release: a side that sees it open sees the rights).
+pub fn publish(region: &Region, rights: [Rights; 2]) {
+    for (s, r) in rights.iter().enumerate() {
+        let f = (u32::from(r.send) * MAY_SEND) | (u32::from(r.nonblocking) * MAY_ISEND);
+        // Three words a side: `Control::rights`.
+        region.write(RIGHTS + 12 * s, [f, r.tags.0, r.tags.1].as_bytes());
+    }
+    region.store32(CONTROL, OPEN, Release);
+}
+
+/// Side `side`'s rights as published (`None` while [`PENDING`]; a revoked channel keeps
+/// them, its calls fail with `Revoked`): its own send rights, and `recv` if its peer
+/// may send.
+pub fn read_rights(region: &Region, side: usize) -> Option<Rights> {
+    if region.load32(CONTROL, Acquire) == PENDING {
+        return None;
+    }
+    let mut w = [[0u32; 3]; 2];
+    region.read(RIGHTS, w.as_mut_bytes());
+    let ([f, lo, hi], peer) = (w[side & 1], w[1 - (side & 1)][0]);
+    Some(Rights {
+        send: f & MAY_SEND != 0,
+        recv: peer & MAY_SEND != 0,
+        tags: (lo, hi),
+        nonblocking: f & MAY_ISEND != 0,
+    })
 }
 
 /// Reads and checks the header: the geometry and ranks a side will use from then on
@@ -477,6 +523,7 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ANY_TAG;
 
     #[test]
     fn blocks_are_aligned_disjoint_and_inside_the_region() {
@@ -512,6 +559,43 @@ mod tests {
             // Slot i of direction 1 is the second half of slot i's line.
             assert_eq!(d1.slots, d0.slots + SLOT);
         }
+    }
+
+    #[test]
+    fn rights_are_read_only_once_published() {
+        let g = Geometry::default();
+        let r = Region::heap(g.region_len());
+        reopen(&r, g, [3, 5], [0; 2]).unwrap();
+        assert_eq!(r.load32(CONTROL, Relaxed), PENDING);
+        assert_eq!(read_rights(&r, 0), None, "pending");
+        let lo = Rights {
+            send: true,
+            recv: true,
+            tags: (7, 9),
+            nonblocking: false,
+        };
+        let hi = Rights {
+            send: false,
+            nonblocking: true,
+            ..Rights::default()
+        };
+        publish(&r, [lo, hi]);
+        // Side 0 receives nothing (side 1 may not send); side 1 receives from side 0.
+        assert_eq!(read_rights(&r, 0), Some(Rights { recv: false, ..lo }));
+        assert_eq!(read_rights(&r, 1), Some(Rights { recv: true, ..hi }));
+        let mut c = [0u8; LINE];
+        r.read(LINE, &mut c);
+        let c = Control::read_from_bytes(&c).unwrap();
+        assert_eq!(c.rights, [[MAY_SEND, 7, 9], [MAY_ISEND, 0, ANY_TAG - 1]]);
+        revoke(&r);
+        assert_eq!(
+            read_rights(&r, 1),
+            Some(Rights { recv: true, ..hi }),
+            "kept"
+        );
+        // Re-initialised for a new generation: pending again until published.
+        reopen(&r, g, [3, 5], [0, 1]).unwrap();
+        assert_eq!(read_rights(&r, 1), None);
     }
 
     #[test]

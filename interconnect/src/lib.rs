@@ -47,8 +47,8 @@
 //!   [`Endpoint::gather`], [`Endpoint::scatter`], [`Endpoint::reduce`],
 //!   [`Endpoint::allreduce`] ([`Op`] on `u64`).
 //! - Monitor hooks on a channel region: [`layout::Meter`] (messages, data bytes,
-//!   malformed counters), [`layout::revoke`], [`layout::mark_dead`], [`layout::reopen`]
-//!   (a new generation of a side: its peer gets `PeerDead` until
+//!   malformed counters), [`layout::revoke`], [`layout::mark_dead`], [`layout::publish`],
+//!   [`layout::reopen`] (a new generation of a side: its peer gets `PeerDead` until
 //!   [`Endpoint::reattach`]).
 //! - Low level: [`ring::Channel`] = [`ring::Tx`] + [`ring::Rx`] over a [`shm::Region`],
 //!   non-blocking, no matching (what the loom test and a raw benchmark use).
@@ -59,10 +59,11 @@
 //! up to `max_msg` (default 16 MiB). A non-blocking send is all or nothing.
 //!
 //! # Transports
-//! - **Raw memory** (any target, the guest): the launcher calls [`layout::init`] on each
-//!   channel region; each side wraps it with [`shm::Region::from_raw`],
-//!   [`ring::Channel::attach`]es it, and hands its channels to [`Endpoint::new`] with a
-//!   [`Platform`] (clock + doorbells).
+//! - **Raw memory** (any target, the guest): the launcher calls [`layout::reopen`] on
+//!   each channel region and the monitor (or the launcher) [`layout::publish`]es its
+//!   rights; each side wraps it with [`shm::Region::from_raw`], waits for
+//!   [`layout::read_rights`], [`ring::Channel::attach`]es it, and hands its channels to
+//!   [`Endpoint::new`] with a [`Platform`] (clock + doorbells).
 //! - **Threads** (`std`): [`host::threads`] builds every endpoint of a world over heap
 //!   regions; move each endpoint into its thread.
 //! - **Host processes** (`std`): the launcher calls [`host::ShmWorld::create`]`(prefix,
@@ -79,8 +80,8 @@
 //! or hang, whatever the bytes.
 //!
 //! # Assumptions
-//! - The launcher (trusted) initialises each channel region with [`layout::init`]
-//!   before either side attaches; each side attaches once. The header is read once at
+//! - The launcher (trusted) initialises each channel region with [`layout::reopen`]
+//!   and it is published ([`layout::publish`]) before either side attaches; each side attaches once. The header is read once at
 //!   attach and never trusted again; everything else a peer can write is validated on
 //!   every read.
 //! - Shared memory is accessed only through atomics, volatile copies and (copies of

@@ -379,6 +379,7 @@ fn a_stale_generation_is_dead_until_reattached() {
     );
     // The monitor reopens the channel for generation 1, which attaches and sends at once.
     layout::reopen(&region, cfg.geometry, [0, 1], [0, 1]).unwrap();
+    layout::publish(&region, [Default::default(); 2]);
     let ch = interconnect::ring::Channel::attach(region, 1, 0).unwrap();
     let bells = interconnect::shm::Region::heap(2 * layout::LINE);
     let platform = host::HostPlatform::new(bells, 1).unwrap();

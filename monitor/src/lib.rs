@@ -42,7 +42,12 @@
 //!   by the sender: they are allegations. A counter going backwards, or rising faster
 //!   than [`meter::MeterConfig`]'s physical ceilings allow, convicts the sender of
 //!   tampering. A sender that under-reports delivers nothing, since the receiver reads
-//!   up to the counter.
+//!   up to the counter. A counter that moves at all on a channel direction no edge
+//!   grants convicts its sender ([`Monitor::unauthorized`]).
+//! - Each channel's control block carries the send rights of both its ends
+//!   ([`RightsTable::channel_rights`]), published by the monitor partition at start and
+//!   on every reopen: a partition, which maps only its own channels, learns only its
+//!   own rights.
 //! - Every channel's counters start at zero when the monitor starts and when a reopened
 //!   ring is reset; the executor tells [`Monitor::reopened`] the base it sees.
 //! - The owner of a control channel is known from the channel, never from the record.

@@ -1,9 +1,12 @@
 //! The rights table: which partition may send to which, with which tags, how fast,
 //! and what the monitor does when a partition fails.
 //!
-//! Built from the manifest with [`RightsBuilder`]; each partition receives only its own
-//! [`RightsTable::view`] (see [`crate::wire`] for the published encoding); every send is
-//! checked by [`RightsTable::check_send`], the one place where rights are checked.
+//! Built from the manifest with [`RightsBuilder`]. Each partition learns only its own
+//! rights: the monitor partition publishes [`RightsTable::channel_rights`] in the
+//! control block of each channel, which only its two ends map, and their fabric checks
+//! every send against them. [`RightsTable::view`] is the same restriction as a table
+//! (see [`crate::wire`] for its encoding); [`RightsTable::check_send`] is the check
+//! itself on the full table.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -461,6 +464,25 @@ impl RightsTable {
             return Err(Denied::NonBlockingForbidden);
         }
         Ok(edge.id)
+    }
+
+    /// The send rights of both ends of the channel between partitions `ends` (side 0
+    /// first), as its control block publishes them (`interconnect::layout::publish`):
+    /// an end with no edge to the other may not send.
+    pub fn channel_rights(&self, ends: [u16; 2]) -> [interconnect::Rights; 2] {
+        let side = |from: u16, to: u16| {
+            let e = self.edge(from, to);
+            interconnect::Rights {
+                send: e.is_some(),
+                recv: self.edge(to, from).is_some(),
+                tags: match e.and_then(|e| e.rights.tags) {
+                    Some(t) => (t.lo, t.hi),
+                    None => (0, interconnect::ANY_TAG - 1),
+                },
+                nonblocking: e.is_some_and(|e| e.rights.nonblocking),
+            }
+        };
+        [side(ends[0], ends[1]), side(ends[1], ends[0])]
     }
 
     /// What partition `index` may learn: itself, its peers, its groups, its edges.

@@ -358,6 +358,27 @@ impl Monitor {
         self.follow(actions)
     }
 
+    /// The executor read `messages` published on the channel direction `from → to`,
+    /// which no edge grants: the sender is convicted ([`Verdict::Unauthorized`]; no
+    /// verdict if nothing was published, or the direction is an edge after all). The
+    /// executor reports each direction once until its ring is reopened.
+    pub fn unauthorized(&mut self, from: u16, to: u16, messages: u64, now_ns: u64) -> Vec<Action> {
+        let sup = &mut self.supervisor;
+        let Some(id) = sup.current(from) else {
+            return Vec::new();
+        };
+        if messages == 0 || sup.table().edge(from, to).is_some() {
+            return Vec::new();
+        }
+        let actions = sup.convict(Verdict::Unauthorized {
+            from: id,
+            to,
+            messages,
+            at_ns: now_ns,
+        });
+        self.follow(actions)
+    }
+
     /// See [`Supervisor::on_launcher`].
     pub fn on_launcher(&mut self, bytes: &[u8], now_ns: u64) -> Result<Vec<Action>, Hostile> {
         let actions = self.supervisor.on_launcher(bytes, now_ns)?;

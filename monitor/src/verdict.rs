@@ -54,6 +54,18 @@ pub enum Verdict {
         /// Time of the sample.
         at_ns: u64,
     },
+    /// A producer counter moved on a channel direction whose sender has no right to
+    /// send (its published rights said so).
+    Unauthorized {
+        /// The sender.
+        from: PartitionId,
+        /// The partition at the other end.
+        to: u16,
+        /// Messages it published there.
+        messages: u64,
+        /// Time of the sample.
+        at_ns: u64,
+    },
     /// A partition wrote a record to its control channel that is not a valid one.
     Hostile {
         /// The partition.
@@ -111,9 +123,10 @@ impl Verdict {
     /// The convicted partition, if the verdict convicts one.
     pub fn culprit(&self) -> Option<PartitionId> {
         match *self {
-            Self::Flood { from, .. } | Self::Tamper { from, .. } | Self::Hostile { from, .. } => {
-                Some(from)
-            }
+            Self::Flood { from, .. }
+            | Self::Tamper { from, .. }
+            | Self::Unauthorized { from, .. }
+            | Self::Hostile { from, .. } => Some(from),
             Self::Fault { id, .. } | Self::Hung { id, .. } | Self::Crashed { id, .. } => Some(id),
             Self::Reported { .. } => None,
         }
@@ -126,6 +139,7 @@ impl Verdict {
         match *self {
             Self::Flood { at_ns, .. }
             | Self::Tamper { at_ns, .. }
+            | Self::Unauthorized { at_ns, .. }
             | Self::Hostile { at_ns, .. }
             | Self::Fault { at_ns, .. }
             | Self::Hung { at_ns, .. }

@@ -479,3 +479,78 @@ fn the_monitor_is_never_convicted() {
     assert!(s.is_current(id(0, 0)));
     assert!(fault(&mut s, id(1, 0), 2).contains(&Action::Kill(id(1, 0))));
 }
+
+#[test]
+fn a_send_on_a_direction_without_an_edge_convicts_the_sender() {
+    // Only client -> fs: the channel's other direction carries no right.
+    let table = RightsBuilder::new()
+        .partition("client", Policy::Stop)
+        .partition("fs", Policy::Restart { limit: 1 })
+        .allow("client", "fs", OPEN)
+        .build()
+        .unwrap();
+    let mut m = Monitor::new(table, MeterConfig::default(), HEARTBEAT, 0);
+    assert_eq!(m.unauthorized(1, 0, 0, 5), [], "nothing published");
+    assert_eq!(
+        m.unauthorized(0, 1, 9, 5),
+        [],
+        "an edge: the meter's business"
+    );
+    let verdict = Verdict::Unauthorized {
+        from: id(1, 0),
+        to: 0,
+        messages: 1,
+        at_ns: 7,
+    };
+    assert_eq!(verdict.culprit(), Some(id(1, 0)));
+    assert_eq!(
+        m.unauthorized(1, 0, 1, 7),
+        [
+            Action::Log(verdict),
+            Action::Revoke(EdgeId(0)),
+            Action::Kill(id(1, 0)),
+            Action::Restart(id(1, 1)),
+            Action::Reopen(EdgeId(0)),
+        ]
+    );
+    assert!(
+        !m.meter().is_open(EdgeId(0)),
+        "revoked, so no longer metered"
+    );
+}
+
+#[test]
+fn channel_rights_are_what_each_end_may_send() {
+    let tags = EdgeRights {
+        tags: Some(monitor::rights::TagRange { lo: 3, hi: 9 }),
+        nonblocking: false,
+        quota: QUOTA,
+    };
+    let table = RightsBuilder::new()
+        .partition("client", Policy::Stop)
+        .partition("fs", Policy::Stop)
+        .partition("net", Policy::Stop)
+        .allow("client", "fs", tags)
+        .allow("fs", "net", OPEN)
+        .build()
+        .unwrap();
+    let r = |send, recv, tags, nonblocking| interconnect::Rights {
+        send,
+        recv,
+        tags,
+        nonblocking,
+    };
+    let any = (0, interconnect::ANY_TAG - 1);
+    assert_eq!(
+        table.channel_rights([0, 1]),
+        [r(true, false, (3, 9), false), r(false, true, any, false)]
+    );
+    assert_eq!(
+        table.channel_rights([1, 2]),
+        [r(true, false, any, true), r(false, true, any, false)]
+    );
+    assert_eq!(
+        table.channel_rights([0, 2]),
+        [r(false, false, any, false); 2]
+    );
+}

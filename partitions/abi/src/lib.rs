@@ -172,17 +172,21 @@ pub const MAX_SHM: usize = 8;
 
 /// One `ch=` word of the command line: a channel as one partition sees it, written
 /// by the launcher (`images/src/guest_args.rs`) and read by the guest's fabric glue
-/// (`partitions/fabric`). Its text form is `SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS`:
+/// (`partitions/fabric`). Its text form is `SLOT:PEER:SIDE:TX:RX`:
 ///
 /// - `SLOT`: PCI slot (device number on bus 0) of the channel's ivshmem-doorbell device.
 /// - `PEER`: the peer's world rank.
 /// - `SIDE`: `0` if this partition is the lower rank of the pair, else `1`; it is also
 ///   this partition's ivshmem peer id on the channel's doorbell (the peer has the
 ///   other, the monitor partition 2).
-/// - `TX`: bytes of the ring this partition sends on (0: it may not send).
-/// - `RX`: bytes of the ring it receives on (0: the peer may not send).
-/// - `FLAGS`: `n` if non-blocking sends are allowed on TX, `-` if not.
-/// - `TAGS`: the inclusive tag range it may send with, `FIRST-LAST`, or `*` for any.
+/// - `TX`: bytes of the ring this partition sends on (0: the manifest grants no right
+///   that way).
+/// - `RX`: bytes of the ring it receives on (0: the peer has no right to send).
+///
+/// The rights themselves (may send, non-blocking, tag range) are not on the command
+/// line: the monitor partition (or, without one, the launcher) publishes them in the
+/// channel's control block (`interconnect::layout::publish`), where the fabric reads
+/// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelArg {
     /// PCI slot.
@@ -195,10 +199,6 @@ pub struct ChannelArg {
     pub tx: u64,
     /// Bytes of the ring it receives on (0: the peer may not send).
     pub rx: u64,
-    /// Non-blocking sends allowed.
-    pub nonblocking: bool,
-    /// Inclusive tag range for sends (`None`: any).
-    pub tags: Option<(u32, u32)>,
 }
 
 /// A `ch=` value that does not parse.
@@ -207,7 +207,7 @@ pub struct BadChannelArg;
 
 impl core::fmt::Display for BadChannelArg {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("expected SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS")
+        f.write_str("expected SLOT:PEER:SIDE:TX:RX")
     }
 }
 
@@ -220,29 +220,10 @@ impl core::str::FromStr for ChannelArg {
         }
         let mut f = s.split(':');
         let mut next = || f.next().ok_or(BadChannelArg);
-        let (slot, peer, side, tx, rx, flags, tags) = (
-            next()?,
-            next()?,
-            next()?,
-            next()?,
-            next()?,
-            next()?,
-            next()?,
-        );
+        let (slot, peer, side, tx, rx) = (next()?, next()?, next()?, next()?, next()?);
         if f.next().is_some() {
             return Err(BadChannelArg);
         }
-        let tags = match tags {
-            "*" => None,
-            t => {
-                let (lo, hi) = t.split_once('-').ok_or(BadChannelArg)?;
-                let (lo, hi) = (num(lo)?, num(hi)?);
-                if lo > hi {
-                    return Err(BadChannelArg);
-                }
-                Some((lo, hi))
-            }
-        };
         Ok(ChannelArg {
             slot: num(slot)?,
             peer: num(peer)?,
@@ -253,27 +234,19 @@ impl core::str::FromStr for ChannelArg {
             },
             tx: num(tx)?,
             rx: num(rx)?,
-            nonblocking: match flags {
-                "n" => true,
-                "-" => false,
-                _ => return Err(BadChannelArg),
-            },
-            tags,
         })
     }
 }
 
 impl core::fmt::Display for ChannelArg {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let flags = if self.nonblocking { "n" } else { "-" };
-        write!(
-            f,
-            "{}:{}:{}:{}:{}:{flags}:",
-            self.slot, self.peer, self.side, self.tx, self.rx
-        )?;
-        match self.tags {
-            Some((lo, hi)) => write!(f, "{lo}-{hi}"),
-            None => f.write_str("*"),
-        }
+        let ChannelArg {
+            slot,
+            peer,
+            side,
+            tx,
+            rx,
+        } = self;
+        write!(f, "{slot}:{peer}:{side}:{tx}:{rx}")
     }
 }

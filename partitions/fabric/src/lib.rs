@@ -9,17 +9,26 @@
 //! ```
 //!
 //! The same API and the same [`interconnect::Error`] values as on the host: a pair
-//! without a channel, a direction without a right, a tag outside the granted range
-//! all give `PermissionDenied` before any memory is touched.
+//! without a channel, a direction without a right, a tag outside the granted range,
+//! a non-blocking send where only blocking ones are granted all give
+//! `PermissionDenied` before any memory is touched.
 //!
 //! # Command line (see `images/src/guest_args.rs`, the one definition)
-//! `rank=R size=N [groups=NAME@ID:R,R,...;...] ch=SLOT:PEER:SIDE:TX:RX:FLAGS:TAGS ...`
+//! `rank=R size=N [groups=NAME@ID:R,R,...;...] ch=SLOT:PEER:SIDE:TX:RX ...`
 //! - Each `ch=` names the PCI slot (bus 0) of an ivshmem-doorbell device whose
-//!   memory the launcher initialised with `interconnect::layout::init`; the geometry
-//!   comes from that header, the rights from `TX`/`RX` (0: no right that way),
-//!   `FLAGS` (`n`: non-blocking sends) and `TAGS` (`FIRST-LAST` or `*`).
+//!   memory the launcher initialised with `interconnect::layout::reopen`; the geometry
+//!   comes from that header.
 //! - Groups become communicators with context id `1 + ID`, so that every member
 //!   agrees on it even though each partition only hears of its own groups.
+//!
+//! # Rights
+//! Not from the command line: the monitor partition (or, in a system without one, the
+//! launcher) publishes each end's send rights (may send, non-blocking, tag range) in
+//! the channel's control block and then opens it (`interconnect::layout::publish`).
+//! [`endpoint`] waits until no channel of the partition is pending, at most
+//! [`PUBLISH_WAIT_MS`] in all, reads its rights there (`layout::read_rights`), and
+//! otherwise ends the partition with [`exit::UNPUBLISHED`] instead of hanging. A
+//! partition maps only its own channels, so it learns only its own rights.
 //!
 //! # Waiting
 //! The fabric spins for [`Platform::spin_ns`](interconnect::Platform::spin_ns) at
@@ -40,8 +49,12 @@
 //!
 //! # Assumptions
 //! - One partition, one endpoint: [`endpoint`] is called once.
-//! - The launcher is trusted for the command line and the channel headers; the peer
-//!   is not (the interconnect validates everything it writes).
+//! - The launcher is trusted for the command line and the channel headers, the
+//!   monitor (or the launcher) for the published rights; the peer is not (the
+//!   interconnect validates everything it writes). The peer could still overwrite the
+//!   rights in the control block before this partition reads them: that deceives only
+//!   this partition's own sender-side checks, never the hypervisor mapping or the
+//!   monitor's meter.
 //! - A partition exits with 0..=99 only (the runtime reserves the rest), so set-up
 //!   failures use [`exit`]'s codes in the service range.
 #![no_std]
@@ -55,10 +68,10 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 use core::time::Duration;
 
-use interconnect::layout::Geometry;
+use interconnect::layout::{self, Geometry};
 use interconnect::ring::Channel;
 use interconnect::shm::Region;
-use interconnect::{ANY_TAG, Config, Endpoint, Platform, Rank, Rights};
+use interconnect::{Config, Endpoint, Platform, Rank, Rights};
 use rt::Doorbell;
 
 pub use interconnect;
@@ -71,19 +84,15 @@ pub mod exit {
     pub const MISSING_CHANNEL: u8 = 91;
     /// A channel region or the configuration was refused by the interconnect.
     pub const SETUP: u8 = 92;
+    /// A channel stayed pending for [`super::PUBLISH_WAIT_MS`]: nobody published its
+    /// rights (no monitor partition running?).
+    pub const UNPUBLISHED: u8 = 93;
 }
+
+/// How long [`endpoint`] waits, in all, for its channels' rights to be published.
+pub const PUBLISH_WAIT_MS: u64 = 5_000;
 
 pub use rt::abi::ChannelArg;
-
-/// A partition's rights towards the peer of channel `c`.
-pub fn rights(c: &ChannelArg) -> Rights {
-    Rights {
-        send: c.tx > 0,
-        recv: c.rx > 0,
-        tags: c.tags.unwrap_or((0, ANY_TAG - 1)),
-        nonblocking: c.nonblocking,
-    }
-}
 
 /// The fabric keys of a command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,20 +151,19 @@ impl Args {
         })
     }
 
-    /// The interconnect configuration: rights per channel from `TX`/`RX`/`FLAGS`/
-    /// `TAGS`, one group per known group id (ids this partition is not in become
+    /// The interconnect configuration: `rights[i]` (as published) towards the peer of
+    /// `channels[i]`, one group per known group id (ids this partition is not in become
     /// placeholders it is not a member of, so context ids agree across partitions).
-    pub fn config(&self, geometry: Geometry) -> Config {
+    pub fn config(&self, geometry: Geometry, rights: &[Rights]) -> Config {
         let mut cfg = Config::new(self.size);
         cfg.geometry = geometry;
-        for c in &self.channels {
+        for (c, &mine) in self.channels.iter().zip(rights) {
             cfg.pairs.push((self.rank, c.peer));
-            let mine = rights(c);
             cfg.rights.push(((self.rank, c.peer), mine));
             // What the peer may send us (the endpoint checks it on receive).
             let theirs = Rights {
-                send: c.rx > 0,
-                recv: c.tx > 0,
+                send: mine.recv,
+                recv: mine.send,
                 ..Rights::default()
             };
             cfg.rights.push(((c.peer, self.rank), theirs));
@@ -292,8 +300,9 @@ pub struct SetupError {
     pub status: u8,
 }
 
-/// Builds this partition's endpoint from the command line and its ivshmem devices.
-/// `spin_us=` on the command line fixes the spin time before blocking (default:
+/// Builds this partition's endpoint from the command line and its ivshmem devices,
+/// with the rights published in their control blocks (waiting for them, see the crate
+/// docs). `spin_us=` on the command line fixes the spin time before blocking (default:
 /// adaptive, see the crate docs).
 pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
     let args = Args::parse(rt::args()).map_err(|message| SetupError {
@@ -317,13 +326,16 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
         status: exit::SETUP,
     };
     let mut channels = Vec::new();
+    let mut rights = Vec::new();
     let mut bells = Vec::new();
     let mut geometry = Geometry::default();
+    let until = rt::time::now().after(Duration::from_millis(PUBLISH_WAIT_MS));
     for c in &args.channels {
-        let missing = |what: &str| SetupError {
+        let fail = |what: &str, status| SetupError {
             message: format!("ch= slot {} (peer {}): {what}", c.slot, c.peer),
-            status: exit::MISSING_CHANNEL,
+            status,
         };
+        let missing = |what: &str| fail(what, exit::MISSING_CHANNEL);
         let shm = rt::shm_regions()
             .iter()
             .find(|r| r.pci().bus == 0 && r.pci().device == c.slot && r.pci().function == 0)
@@ -339,15 +351,29 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
         // writes it concurrently, which is what `Region` is for (atomics and
         // volatile copies only, no references into it).
         let region = unsafe { Region::from_raw(shm.as_ptr(), shm.len(), None) };
+        rights.push(loop {
+            if let Some(r) = layout::read_rights(&region, usize::from(c.side)) {
+                break r;
+            }
+            if rt::time::now() >= until {
+                return Err(fail(
+                    &format!(
+                        "still pending after {PUBLISH_WAIT_MS} ms: nobody published its rights"
+                    ),
+                    exit::UNPUBLISHED,
+                ));
+            }
+            let _ = rt::wait(Some(rt::time::now().after(Duration::from_millis(1))));
+        });
         let ch = Channel::attach(region, args.rank, c.peer)
             .map_err(|e| setup(&format!("channel to rank {}", c.peer), e))?;
-        if let Ok((g, _)) = interconnect::layout::read_header(ch.region()) {
+        if let Ok((g, _)) = layout::read_header(ch.region()) {
             geometry = g;
         }
         channels.push((c.peer, ch));
         bells.push((c.peer, db, u16::from(1 - c.side)));
     }
-    let cfg = args.config(geometry);
+    let cfg = args.config(geometry, &rights);
     let guest = Guest {
         bells,
         rung: Cell::new(0),

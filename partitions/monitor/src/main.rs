@@ -8,9 +8,18 @@
 //!   laid out as [`monitor::region`] defines (shared with the launcher);
 //! - `period_ms=N`: the metering period; `on_flood=kill|revoke|report`.
 //!
+//! # Publishing the rights
+//! The launcher creates every channel pending (`layout::reopen`). Before anything
+//! else, the monitor writes into each channel's control block the send rights of both
+//! its ends from the rights table (`RightsTable::channel_rights`) and opens it
+//! (`layout::publish`); a partition waits for that before it uses the channel, and
+//! learns only the rights of its own channels. Every reopen publishes them again.
+//!
 //! # The loop
 //! Every period: read every channel's producer counters
-//! (`interconnect::layout::Meter`), feed them to [`monitor::Monitor::poll`], carry out
+//! (`interconnect::layout::Meter`), feed them to [`monitor::Monitor::poll`], convict
+//! the sender of any direction that moved without an edge
+//! ([`monitor::Monitor::unauthorized`]), carry out
 //! its actions (revoke: the channel's control word, then a doorbell to both ends;
 //! kill/restart: a command record to the launcher; log: the verdict with its
 //! evidence), then take the launcher's exit reports. The loop makes no system call
@@ -91,6 +100,8 @@ struct Watched {
     counts: [Counts; 2],
     /// Malformed messages each direction's receiver has reported so far.
     malformed: [u64; 2],
+    /// Directions without an edge already judged for sending (until a reopen).
+    unauthorized: [bool; 2],
     bell: Option<rt::Doorbell>,
 }
 
@@ -272,8 +283,13 @@ fn main() -> u8 {
             meter: layout::Meter::default(),
             counts: [Counts::default(); 2],
             malformed: [0; 2],
+            unauthorized: [false; 2],
             bell: shm.doorbell(),
         });
+    }
+    // Publish each channel's rights: its ends may use it from now on.
+    for c in &chans {
+        layout::publish(&c.region, table.channel_rights(c.ends));
     }
     let mut edges = BTreeMap::new();
     for e in table.edges() {
@@ -335,9 +351,9 @@ fn main() -> u8 {
     }
     let _ = ctl.store_u64(region::READY, t0.max(1));
     rt::log!(
-        "monitor: metering {} edge(s) on {} channel(s) every {period_ms} ms, on_flood={on_flood:?}",
-        s.edges.len(),
-        s.chans.len()
+        "monitor: published the rights of {} channel(s); metering {} edge(s) every {period_ms} ms, on_flood={on_flood:?}",
+        s.chans.len(),
+        s.edges.len()
     );
     // `wait=spin` (partition args): spin at CPL 3 between samples instead of blocking
     // in the runtime (a host core for a tighter period).
@@ -354,6 +370,7 @@ fn main() -> u8 {
             },
         );
         s.execute(actions, None);
+        s.unauthorized_sends(t);
         s.malformed_reports(t);
         s.control_records(t);
         s.last_poll_ns = t;
@@ -395,6 +412,23 @@ impl State {
         for c in &mut self.chans {
             c.counts = c.meter.read(&c.region, &c.geometry);
         }
+    }
+
+    /// A direction without an edge whose producer counter moved convicts its sender
+    /// (once per direction until the channel is reopened).
+    fn unauthorized_sends(&mut self, t: u64) {
+        let mut actions = Vec::new();
+        for ch in &mut self.chans {
+            for d in 0..2 {
+                let (from, to, n) = (ch.ends[d], ch.ends[1 - d], ch.counts[d].messages);
+                if n > 0 && !ch.unauthorized[d] {
+                    let a = self.monitor.unauthorized(from, to, n, t);
+                    ch.unauthorized[d] = !a.is_empty();
+                    actions.extend(a);
+                }
+            }
+        }
+        self.execute(actions, None);
     }
 
     /// A receiver's malformed counter (in its consumer line, so it is the receiver's
@@ -583,12 +617,16 @@ impl State {
                     .map(|i| table.partition(i).map_or(0, |p| u32::from(p.generation)));
                 let (lo, hi) = (ch.ends[0], ch.ends[1]);
                 match layout::reopen(&ch.region, ch.geometry, ranks, gens) {
-                    Ok(()) => rt::log!("reopen: channel {lo}-{hi} as generations {gens:?}"),
+                    Ok(()) => {
+                        layout::publish(&ch.region, table.channel_rights(ch.ends));
+                        rt::log!("reopen: channel {lo}-{hi} as generations {gens:?}")
+                    }
                     Err(e) => rt::log!("reopen: channel {lo}-{hi}: {e}"),
                 }
                 ch.meter = layout::Meter::default();
                 ch.counts = [Counts::default(); 2];
                 ch.malformed = [0; 2];
+                ch.unauthorized = [false; 2];
                 // The monitor's own end of a control channel follows the new generation.
                 if let Some(ep) = self.endpoint.as_mut()
                     && let Some(me) = ch.ends.iter().position(|&r| u32::from(r) == ep.rank())
