@@ -116,11 +116,6 @@ impl Supervisor {
         &self.table
     }
 
-    /// The encoded view to publish to partition `index` (its own rights only).
-    pub fn publish(&self, index: u16) -> Option<Vec<u8>> {
-        Some(self.table.view(index)?.encode())
-    }
-
     fn slot(&self, index: u16) -> Option<&Slot> {
         self.slots.iter().find(|s| s.id.index == index)
     }
