@@ -498,7 +498,8 @@ impl Meter {
             }
             for _ in 0..g.slots {
                 let off = dir.slots + LINE * (n & mask) as usize;
-                if region.load64(off + SEQ, Acquire) as u32 != seq_word(session, n.wrapping_add(1)) {
+                if region.load64(off + SEQ, Acquire) as u32 != seq_word(session, n.wrapping_add(1))
+                {
                     break;
                 }
                 let len_kind = (region.load64(off + CTX, Relaxed) >> 32) as u32;

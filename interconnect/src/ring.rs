@@ -495,10 +495,10 @@ impl Rx {
     }
 
     /// The receive fast path: if the next slot holds a whole inline message that fits
-    /// `dst`, with context `ctx` and tag `tag` (`None`: any), copies it into `dst`, frees the slot and returns
-    /// its envelope. Reads four words of one line and validates as it goes; anything
-    /// else ([`Small::Other`]) is left for [`Rx::peek`], which also reports malformed
-    /// slots.
+    /// `dst`, with context `ctx` and tag `tag` (`None`: any), copies it into `dst`,
+    /// frees the slot and returns its envelope. Reads the words of one line and
+    /// validates as it goes; anything else ([`Small::Other`]) is left for
+    /// [`Rx::peek`], which also reports malformed slots.
     pub fn take_small(&mut self, dst: &mut [u8], ctx: u32, tag: Option<u32>) -> Small {
         if self.broken || self.cur.is_some() || self.peeked.is_some() {
             return Small::Other;

@@ -149,13 +149,8 @@ mod real {
         pub fn store32(&self, off: usize, v: u32, o: Ordering) {
             self.a32(off).store(v, o)
         }
-        /// Sequentially consistent store of the u32 at `off` (a full barrier: an
+        /// Sequentially consistent store of the u64 at `off` (a full barrier: an
         /// `xchg` on x86, cheaper than a store plus `mfence`).
-        #[inline]
-        pub fn swap32(&self, off: usize, v: u32) {
-            self.a32(off).swap(v, Ordering::SeqCst);
-        }
-        /// Sequentially consistent store of the u64 at `off` (see `swap32`).
         #[inline]
         pub fn swap64(&self, off: usize, v: u64) {
             self.a64(off).swap(v, Ordering::SeqCst);
@@ -381,10 +376,6 @@ mod model {
             let _ = self.w(off).fetch_update(o, Ordering::Relaxed, |x| {
                 Some((x & !m) | (u64::from(v) << sh))
             });
-        }
-        /// Sequentially consistent store of a u32.
-        pub fn swap32(&self, off: usize, v: u32) {
-            self.store32(off, v, Ordering::SeqCst);
         }
         /// Sequentially consistent store of a u64.
         pub fn swap64(&self, off: usize, v: u64) {
