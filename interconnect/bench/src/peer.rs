@@ -6,7 +6,7 @@ use crate::report::{Bandwidth, Latency, Results};
 use crate::sys::{self, Raw};
 use crate::{Mode, Opts, Pair};
 use interconnect::host::HostPlatform;
-use interconnect::ring::Channel;
+use interconnect::ring::{Channel, Small};
 use interconnect::{Comm, Config, Deadline, Endpoint, Platform, Rank};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -325,12 +325,12 @@ impl Side {
         let recv = |ch: &mut Channel, buf: &mut [u8]| -> Result<usize, String> {
             loop {
                 match ch.rx.take_small(buf, 0, Some(TAG_LAT)) {
-                    interconnect::ring::Small::Took(env) => return Ok(env.len),
-                    interconnect::ring::Small::Empty => {
+                    Small::Took(env) => return Ok(env.len),
+                    Small::Empty => {
                         std::hint::spin_loop();
                         continue;
                     }
-                    interconnect::ring::Small::Other => {}
+                    Small::Other => {}
                 }
                 if ch.rx.peek().map_err(|e| e.to_string())?.is_some()
                     && let Some(n) = ch.rx.take(buf).map_err(|e| e.to_string())?
