@@ -309,6 +309,8 @@ pub struct Endpoint<P: Platform> {
 
 struct Waiter {
     armed: bool,
+    /// The link a blocking send waits on for credit.
+    sending: Option<Rank>,
     spin_end: u64,
     seen: u32,
     n: u32,
@@ -500,18 +502,22 @@ impl<P: Platform> Endpoint<P> {
     fn waiter(&self) -> Waiter {
         Waiter {
             armed: false,
+            sending: None,
             spin_end: 0,
             seen: 0,
             n: 0,
         }
     }
 
-    /// Sets or clears the "ring me" flags on one link or all.
-    fn arm(&self, watch: Option<Rank>, on: bool) {
+    /// Sets or clears the "ring me" flags on one link or all: for a message always, for
+    /// credit only on a link we wait to send on (a blocking send's, or one with queued
+    /// sends), so that a peer's `sender_blocked` means what it says.
+    fn arm(&self, watch: Option<Rank>, on: bool, sending: Option<Rank>) {
         for l in self.links.iter().flatten() {
             if watch.is_none_or(|w| w == l.peer) {
                 l.ch.rx.set_waiting(on);
-                l.ch.tx.set_waiting(on);
+                l.ch.tx
+                    .set_waiting(on && (sending == Some(l.peer) || !l.sendq.is_empty()));
             }
         }
         // The flags before the re-poll (pairs with the peer's barrier after publishing),
@@ -542,11 +548,11 @@ impl<P: Platform> Endpoint<P> {
         if let Some(peer) = watch
             && let Some(Err(e)) = self.links[peer as usize].as_ref().map(|l| l.ch.check())
         {
-            self.arm(watch, false);
+            self.arm(watch, false, None);
             return Err(e);
         }
         if now >= dl.0 {
-            self.arm(watch, false);
+            self.arm(watch, false, None);
             return Err(Error::Timeout {
                 rank: watch.unwrap_or(ANY_SOURCE),
             });
@@ -557,7 +563,7 @@ impl<P: Platform> Endpoint<P> {
                 return Ok(());
             }
             w.seen = self.p.bell();
-            self.arm(watch, true);
+            self.arm(watch, true, w.sending);
             w.armed = true;
             return Ok(());
         }
@@ -571,7 +577,7 @@ impl<P: Platform> Endpoint<P> {
 
     fn done_waiting(&self, w: &Waiter, watch: Option<Rank>) {
         if w.armed {
-            self.arm(watch, false);
+            self.arm(watch, false, None);
         }
     }
 
@@ -1121,7 +1127,10 @@ impl<P: Platform> Endpoint<P> {
         dl: Deadline,
     ) -> Result<(), Error> {
         let mut done = 0;
-        let mut wt = self.waiter();
+        let mut wt = Waiter {
+            sending: Some(w),
+            ..self.waiter()
+        };
         let res = loop {
             let l = self.links[w as usize]
                 .as_mut()

@@ -4,6 +4,8 @@ use interconnect::layout;
 use interconnect::ring::Channel;
 use interconnect::shm::Region;
 use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint, Error, Platform, Rank, host};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::thread;
 
 fn dl(ep: &interconnect::Endpoint<host::HostPlatform>) -> Deadline {
@@ -125,8 +127,9 @@ fn blocked_receiver_and_sender_are_woken() {
     t.join().unwrap();
 }
 
-/// Records doorbells instead of ringing them; never spins.
-struct Recorder(std::rc::Rc<std::cell::RefCell<Vec<Rank>>>);
+/// Records doorbells instead of ringing them; never spins; runs `.1` whenever it
+/// would block.
+struct Recorder(Rc<RefCell<Vec<Rank>>>, Box<dyn Fn()>);
 
 impl Platform for Recorder {
     fn now(&self) -> u64 {
@@ -136,6 +139,7 @@ impl Platform for Recorder {
         0
     }
     fn wait(&self, _seen: u32, until: u64) {
+        (self.1)();
         thread::sleep(std::time::Duration::from_nanos(
             until.saturating_sub(host::now()),
         ));
@@ -164,12 +168,12 @@ fn a_sender_blocked_for_credit_is_rung_at_a_checkpoint_or_before_the_receiver_sl
     };
     let (mut zero, one_zero) = attach(0, 1);
     let (one_two, _two) = attach(1, 2);
-    let rung = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let rung = Rc::new(RefCell::new(Vec::new()));
     let mut b = Endpoint::new(
         &cfg,
         1,
         vec![(0, one_zero), (2, one_two)],
-        Recorder(rung.clone()),
+        Recorder(rung.clone(), Box::new(|| ())),
     )
     .unwrap();
     let w = b.world();
@@ -198,4 +202,29 @@ fn a_sender_blocked_for_credit_is_rung_at_a_checkpoint_or_before_the_receiver_sl
         Err(Error::Timeout { rank: 2 })
     );
     assert_eq!(rung.borrow()[1], 0);
+}
+
+#[test]
+fn a_receiver_waiting_for_a_message_does_not_say_it_waits_for_credit() {
+    // Rank 1 blocks receiving from 0: its peer must see "wake me for a message", never
+    // "blocked for credit" (each waiting side would otherwise ring the other when it
+    // arms, a doorbell storm between two idle peers).
+    let cfg = Config::new(2);
+    let r = Region::heap(cfg.geometry.region_len());
+    layout::init(&r, cfg.geometry, [0, 1]).unwrap();
+    let zero = Rc::new(Channel::attach(r.clone(), 0, 1).unwrap());
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let (z, v) = (zero.clone(), seen.clone());
+    let probe = Box::new(move || v.borrow_mut().push(z.rx.sender_blocked()));
+    let rung = Rc::new(RefCell::new(Vec::new()));
+    let one = Channel::attach(r, 1, 0).unwrap();
+    let mut b = Endpoint::new(&cfg, 1, vec![(0, one)], Recorder(rung.clone(), probe)).unwrap();
+    let w = b.world();
+    assert_eq!(
+        b.recv(&w, 0, 1, &mut [0u8; 4], host::deadline_ms(5)),
+        Err(Error::Timeout { rank: 0 })
+    );
+    assert!(!seen.borrow().is_empty(), "rank 1 blocked");
+    assert!(seen.borrow().iter().all(|&credit| !credit));
+    assert!(rung.borrow().is_empty());
 }
