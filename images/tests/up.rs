@@ -93,12 +93,27 @@ fn vmpi() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vmpi"))
 }
 
-fn run(args: &[&str]) -> Output {
-    vmpi().args(args).stdin(Stdio::null()).output().unwrap()
+/// Runs `vmpi ARGS` with `env` added: its output, and its process id (for
+/// `assert_clean`).
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (Output, u32) {
+    let child = vmpi()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
 }
 
-/// `vmpi up MANIFEST --log-dir LOGS EXTRA...`.
-fn up(manifest: &Path, logs: &Path, extra: &[&str]) -> Output {
+fn run(args: &[&str]) -> Output {
+    run_env(args, &[]).0
+}
+
+/// `vmpi up MANIFEST --log-dir LOGS EXTRA...`: its output and process id.
+fn up(manifest: &Path, logs: &Path, extra: &[&str]) -> (Output, u32) {
     let mut args = vec![
         "up",
         manifest.to_str().unwrap(),
@@ -106,7 +121,7 @@ fn up(manifest: &Path, logs: &Path, extra: &[&str]) -> Output {
         logs.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    run(&args)
+    run_env(&args, &[])
 }
 
 fn text(o: &Output) -> (String, String) {
@@ -137,7 +152,7 @@ fn statuses_and_worst_exit_status() {
     );
     let manifest = d.file("st.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = up(&manifest, &logs, &["--accel", "tcg"]);
+    let (o, _) = up(&manifest, &logs, &["--accel", "tcg"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
     assert!(out.contains("[good] ok"), "{out}");
@@ -164,7 +179,7 @@ fn fault_restarts_up_to_the_limit() {
     );
     let manifest = d.file("rs.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = up(&manifest, &logs, &["-q"]);
+    let (o, _) = up(&manifest, &logs, &["-q"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
     assert!(out.contains("f: on_fault = restart (2/2)"), "{out}");
@@ -189,7 +204,7 @@ fn a_restarted_partition_gets_its_channels_back() {
     );
     let manifest = d.file("rc.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let o = up(&manifest, &logs, &["-q"]);
+    let (o, _) = up(&manifest, &logs, &["-q"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(101), "{out}\n{err}");
     // Each incarnation's QEMU completed the doorbell handshake (a refused one
@@ -287,21 +302,7 @@ fn timeout_stops_the_system() {
     let m = format!("[system]\nname = \"to\"\n{}", partition("x", &idle, ""));
     let manifest = d.file("to.toml", m.as_bytes());
     let logs = d.0.join("logs");
-    let child = vmpi()
-        .args([
-            "up",
-            manifest.to_str().unwrap(),
-            "--log-dir",
-            logs.to_str().unwrap(),
-            "--timeout",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
+    let (o, pid) = up(&manifest, &logs, &["--timeout", "1"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(124), "{out}\n{err}");
     assert!(out.contains("timeout: stopping every partition"), "{out}");
@@ -311,16 +312,7 @@ fn timeout_stops_the_system() {
 /// Runs `vmpi ARGS` expecting failure with exactly one error line containing `want`,
 /// and checks it left nothing behind.
 fn fails(args: &[&str], env: &[(&str, &str)], want: &str) {
-    let child = vmpi()
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
+    let (o, pid) = run_env(args, env);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
     assert_eq!(err.lines().count(), 1, "one message: {err}");
@@ -461,7 +453,7 @@ fn real_hello_images_run() {
     let d = Dir::new("real");
     let logs = d.0.join("logs");
     let hello = root.join("hello.toml");
-    let o = up(&hello, &logs, &[]);
+    let (o, _) = up(&hello, &logs, &[]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     assert!(out.contains("[hello] arg rank=0"), "{out}");
@@ -470,15 +462,7 @@ fn real_hello_images_run() {
         "{out}"
     );
 
-    let child = vmpi()
-        .args(["up", demo.to_str().unwrap(), "-q", "--timeout", "120"])
-        .args(["--log-dir", logs.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
+    let (o, pid) = up(&demo, &logs, &["-q", "--timeout", "120"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     assert!(out.contains("all 5 partition(s) up"), "{out}");
