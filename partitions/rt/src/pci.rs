@@ -32,44 +32,51 @@ pub(crate) enum Cfg {
     Ecam(u64),
 }
 
+/// A configuration dword: the value to write to port 0xCF8, or its ECAM address.
+enum Dword {
+    Port(u32),
+    Ecam(*mut u32),
+}
+
 impl Cfg {
+    /// Where the dword at `off` of `a`'s configuration space is.
     #[unsafe(link_section = ".text.rt")]
-    pub(crate) fn read(self, a: PciAddress, off: u16) -> u32 {
+    fn locate(self, a: PciAddress, off: u16) -> Dword {
         let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
         match self {
+            Cfg::Port => {
+                Dword::Port(0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc))
+            }
+            Cfg::Ecam(base) => Dword::Ecam(
+                (base + u64::from(b << 20 | d << 15 | f << 12 | u32::from(off & 0xffc)))
+                    as *mut u32,
+            ),
+        }
+    }
+
+    #[unsafe(link_section = ".text.rt")]
+    pub(crate) fn read(self, a: PciAddress, off: u16) -> u32 {
+        match self.locate(a, off) {
             // SAFETY: configuration mechanism #1; the address selects one dword.
-            Cfg::Port => unsafe {
-                outl(
-                    0xcf8,
-                    0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc),
-                );
+            Dword::Port(addr) => unsafe {
+                outl(0xcf8, addr);
                 inl(0xcfc)
             },
-            Cfg::Ecam(base) => {
-                let p = base + u64::from(b << 20 | d << 15 | f << 12 | u32::from(off & 0xffc));
-                // SAFETY: ECAM is mapped supervisor/uncached for buses 0-1.
-                unsafe { (p as *const u32).read_volatile() }
-            }
+            // SAFETY: ECAM is mapped supervisor/uncached for buses 0-1.
+            Dword::Ecam(p) => unsafe { p.read_volatile() },
         }
     }
 
     #[unsafe(link_section = ".text.rt")]
     pub(crate) fn write(self, a: PciAddress, off: u16, v: u32) {
-        let (b, d, f) = (u32::from(a.bus), u32::from(a.device), u32::from(a.function));
-        match self {
+        match self.locate(a, off) {
             // SAFETY: as in `read`.
-            Cfg::Port => unsafe {
-                outl(
-                    0xcf8,
-                    0x8000_0000 | b << 16 | d << 11 | f << 8 | u32::from(off & 0xfc),
-                );
+            Dword::Port(addr) => unsafe {
+                outl(0xcf8, addr);
                 outl(0xcfc, v)
             },
-            Cfg::Ecam(base) => {
-                let p = base + u64::from(b << 20 | d << 15 | f << 12 | u32::from(off & 0xffc));
-                // SAFETY: as in `read`.
-                unsafe { (p as *mut u32).write_volatile(v) }
-            }
+            // SAFETY: as in `read`.
+            Dword::Ecam(p) => unsafe { p.write_volatile(v) },
         }
     }
 }
