@@ -1,6 +1,5 @@
 //! The MPI-style layer: one rank's [`Endpoint`], communicators, matching, requests.
 
-use crate::layout::INLINE_MAX;
 use crate::ring::{Channel, Envelope, Small};
 use crate::{Deadline, Error, Platform, Rank};
 use alloc::collections::VecDeque;
@@ -1096,25 +1095,6 @@ impl<P: Platform> Endpoint<P> {
         dl: Deadline,
     ) -> Result<(), Error> {
         let w = self.route(comm, dest, tag, dl == Deadline::NOW)?;
-        // The fast path: an inline message on an idle link with credit.
-        if let Some(l) = self.links[w as usize].as_mut()
-            && data.len() <= INLINE_MAX
-            && l.sendq.is_empty()
-            && !l.ch.tx.inflight()
-        {
-            l.ch.check()?;
-            let mut done = 0;
-            match l.ch.tx.send(tag, comm.ctx, data, &mut done) {
-                Ok(()) => {
-                    if l.ch.tx.peer_waiting() {
-                        self.p.ring(w);
-                    }
-                    return Ok(());
-                }
-                Err(Error::WouldBlock { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
         self.send_ctx(w, tag, comm.ctx, data, dl)
     }
 
