@@ -393,10 +393,7 @@ impl Drop for ShmFile {
 /// The host's time stamp counter.
 pub fn host_tsc() -> u64 {
     // SAFETY: rdtsc has no preconditions on x86_64.
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// The host TSC frequency in kHz, measured once against the monotonic clock

@@ -176,10 +176,7 @@ pub fn die_with_parent() {
 #[inline(always)]
 pub fn tsc() -> u64 {
     // SAFETY: rdtsc has no preconditions on x86_64.
-    #[allow(unused_unsafe)]
-    unsafe {
-        core::arch::x86_64::_rdtsc()
-    }
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// TSC ticks per nanosecond, measured against the monotonic clock over 50 ms.
