@@ -38,10 +38,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use vmpi::launch::UpOptions;
 use vmpi::manifest;
+use vmpi::tsc::rdtsc;
 use vmpi::{images, qemu};
 
 use crate::bench::{
-    Ask, BenchArgs, Got, MAX_ITERS, POLL_SPIN_US, Setup, Vms, progress, qemu_children, rdtsc,
+    Ask, BenchArgs, Got, MAX_ITERS, POLL_SPIN_US, Setup, Vms, progress, qemu_children,
 };
 
 /// The system (pair, flooder, monitor).

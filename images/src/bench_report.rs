@@ -215,29 +215,26 @@ impl Results {
 
     /// The JSON array of records.
     pub fn json(&self) -> String {
-        let mut s = String::from("[");
-        let mut first = true;
-        for (&k, c) in &self.cells {
-            let Some(p) = self.pct(k) else { continue };
-            let bw = self
-                .mb_per_s(k)
-                .map_or("null".to_string(), |b| format!("{b:.1}"));
-            let _ = c;
-            let _ = write!(
-                s,
-                "{}\n  {{\"pair\": \"{}\", \"mode\": \"{}\", \"size\": {}, \"p50_ns\": {:.1}, \"p99_ns\": {:.1}, \"p999_ns\": {:.1}, \"mb_per_s\": {bw}}}",
-                if first { "" } else { "," },
-                k.pair.name(),
-                k.mode.name(),
-                k.size,
-                p.p50,
-                p.p99,
-                p.p999
-            );
-            first = false;
-        }
-        s.push_str("\n]\n");
-        s
+        let recs: Vec<String> = self
+            .cells
+            .keys()
+            .filter_map(|&k| {
+                let p = self.pct(k)?;
+                let bw = self
+                    .mb_per_s(k)
+                    .map_or("null".to_string(), |b| format!("{b:.1}"));
+                Some(format!(
+                    "{{\"pair\": \"{}\", \"mode\": \"{}\", \"size\": {}, \"p50_ns\": {:.1}, \"p99_ns\": {:.1}, \"p999_ns\": {:.1}, \"mb_per_s\": {bw}}}",
+                    k.pair.name(),
+                    k.mode.name(),
+                    k.size,
+                    p.p50,
+                    p.p99,
+                    p.p999
+                ))
+            })
+            .collect();
+        format!("[\n  {}\n]\n", recs.join(",\n  "))
     }
 
     fn ratio(&self, a: Key, b: Key) -> Option<f64> {

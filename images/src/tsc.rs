@@ -29,7 +29,8 @@ pub fn calibrate(span: Duration) -> u64 {
     u64::try_from(u128::from(c1.wrapping_sub(c0)) * 1_000_000 / ns).unwrap_or(u64::MAX)
 }
 
-fn rdtsc() -> u64 {
+/// The time-stamp counter (0 off x86_64).
+pub fn rdtsc() -> u64 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
     unsafe {
