@@ -42,7 +42,8 @@ use interconnect::{Config, Endpoint, Rank};
 use vmpi::launch::{Report, UpOptions, shm_path, up};
 use vmpi::manifest::{self, System};
 use vmpi::qemu::Accel;
-use vmpi::{images, qemu, tsc};
+use vmpi::tsc::{self, rdtsc};
+use vmpi::{images, qemu};
 
 use crate::bench_report::{Key, Mode, Pair, Results};
 
@@ -54,28 +55,8 @@ const MPICH_SRC: &str = "bench/mpich_pingpong.c";
 pub(crate) const POLL_SPIN_US: u64 = 1_000_000_000;
 /// The fabric's default spin before blocking.
 const BLOCK_SPIN_US: u64 = 50;
-/// Tags of the host fabric rounds (same as the VM's).
-const TAG: u32 = 7;
-const ACK: u32 = 8;
-
-/// Control page layout: keep in step with `partitions/fabric-bench-vm`.
-mod ctl {
-    pub const CTL_LEN: usize = 4096;
-    pub const SAMPLES_LEN: usize = 1 << 20;
-    pub const READY: u64 = 0x7662_656e_6368_5259;
-    pub const CMD: usize = 0;
-    pub const KIND: usize = 8;
-    pub const SIZE: usize = 16;
-    pub const COUNT: usize = 24;
-    pub const EXTRA: usize = 32;
-    pub const READY_AT: usize = 64;
-    pub const DONE_AT: usize = 128;
-    pub const STATUS_AT: usize = 192;
-    pub const RESULT: usize = 256;
-    pub const QUIT: u64 = 0;
-    pub const LATENCY: u64 = 1;
-    pub const BANDWIDTH: u64 = 2;
-}
+use abi::bench as ctl;
+use ctl::{ACK, TAG};
 
 /// Messages per window of a bandwidth round (as OSU's `osu_bw`).
 const WINDOW: usize = 64;
@@ -593,11 +574,6 @@ impl Drop for RawFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-pub(crate) fn rdtsc() -> u64 {
-    // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// A shared mapping of `len` bytes of `file`, every page faulted in up front

@@ -47,6 +47,65 @@
 //! service; the runtime itself consumes the keys in [`key`].
 #![no_std]
 #![deny(missing_docs)]
+/// The control page of `vmpi bench` (`images/src/bench.rs`) and its VM side
+/// (`partitions/fabric-bench-vm`), defined once for both.
+///
+/// The channel file is a power of two larger than the interconnect's region; the
+/// bench uses its tail, which the fabric never touches (checked at start): the last
+/// [`bench::CTL_LEN`] bytes are the control page, the [`bench::SAMPLES_LEN`] bytes below it the
+/// samples of the last latency round. The host (`vmpi bench`) maps the same file.
+/// Offsets within the control page (u64 words):
+///
+/// | offset | who writes | what |
+/// |---|---|---|
+/// | 0 | host | round number `k`, written last (release): "run round k" |
+/// | 8 | host | kind: 0 quit, 1 latency, 2 bandwidth |
+/// | 16 | host | message size in bytes |
+/// | 24 | host | latency: timed iterations; bandwidth: windows |
+/// | 32 | host | latency: warm-up iterations; bandwidth: messages per window |
+/// | 64 + 8r | rank r | [`bench::READY`] once its endpoint is up |
+/// | 128 + 8r | rank r | `k` once round `k` is done |
+/// | 192 + 8r | rank r | status of the round: 0, or the interconnect error code |
+/// | 256 | rank 0 | latency: samples written; bandwidth: TSC ticks of all windows |
+///
+/// Samples: one `u32` per timed iteration, little-endian, the round trip in TSC
+/// ticks (`rdtsc` at CPL 3), at the start of the samples area.
+pub mod bench {
+    /// Bytes of the control page (the last page of the channel file).
+    pub const CTL_LEN: usize = 4096;
+    /// Bytes of the samples area below it (`u32` per sample).
+    pub const SAMPLES_LEN: usize = 1 << 20;
+    /// Ready marker.
+    pub const READY: u64 = 0x7662_656e_6368_5259;
+    /// Offset of the round number.
+    pub const CMD: usize = 0;
+    /// Offset of the round's kind.
+    pub const KIND: usize = 8;
+    /// Offset of the message size.
+    pub const SIZE: usize = 16;
+    /// Offset of the iteration (or window) count.
+    pub const COUNT: usize = 24;
+    /// Offset of the warm-up count (or messages per window).
+    pub const EXTRA: usize = 32;
+    /// Offset of rank 0's ready word (rank r: `+ 8 r`).
+    pub const READY_AT: usize = 64;
+    /// Offset of rank 0's "round done" word.
+    pub const DONE_AT: usize = 128;
+    /// Offset of rank 0's status word.
+    pub const STATUS_AT: usize = 192;
+    /// Offset of rank 0's result.
+    pub const RESULT: usize = 256;
+    /// Kind: stop.
+    pub const QUIT: u64 = 0;
+    /// Kind: a latency round.
+    pub const LATENCY: u64 = 1;
+    /// Kind: a bandwidth round.
+    pub const BANDWIDTH: u64 = 2;
+    /// Tag of the measured messages (host and VM rounds alike).
+    pub const TAG: u32 = 7;
+    /// Tag of the acknowledgements.
+    pub const ACK: u32 = 8;
+}
 
 /// Exit statuses (the value written to `isa-debug-exit`, see the crate docs).
 pub mod exit {

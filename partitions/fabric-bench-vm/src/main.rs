@@ -5,27 +5,8 @@
 //! MPICH) on the same two cores.
 //!
 //! # The control block
-//! The channel file is a power of two larger than the interconnect's region; the
-//! bench uses its tail, which the fabric never touches (checked at start): the last
-//! [`CTL_LEN`] bytes are the control page, the [`SAMPLES_LEN`] bytes below it the
-//! samples of the last latency round. The host (`vmpi bench`) maps the same file.
-//! Offsets within the control page (u64 words; keep in step with
-//! `images/src/bench_ctl.rs`):
-//!
-//! | offset | who writes | what |
-//! |---|---|---|
-//! | 0 | host | round number `k`, written last (release): "run round k" |
-//! | 8 | host | kind: 0 quit, 1 latency, 2 bandwidth |
-//! | 16 | host | message size in bytes |
-//! | 24 | host | latency: timed iterations; bandwidth: windows |
-//! | 32 | host | latency: warm-up iterations; bandwidth: messages per window |
-//! | 64 + 8r | rank r | [`READY`] once its endpoint is up |
-//! | 128 + 8r | rank r | `k` once round `k` is done |
-//! | 192 + 8r | rank r | status of the round: 0, or the interconnect error code |
-//! | 256 | rank 0 | latency: samples written; bandwidth: TSC ticks of all windows |
-//!
-//! Samples: one `u32` per timed iteration, little-endian, the round trip in TSC
-//! ticks (`rdtsc` at CPL 3), at the start of the samples area.
+//! `abi::bench` defines it, for both sides: the tail of the channel file, which the
+//! fabric never touches (checked at start). The host (`vmpi bench`) maps the same file.
 //!
 //! Waiting mode comes from the command line: the host launches the partitions with
 //! a huge `spin_us=` for polling and the fabric's default for spin-then-block.
@@ -40,32 +21,10 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use fabric::interconnect::{Endpoint, Error, Platform};
 use rt::ShmRegion;
+use rt::abi::bench::*;
 
 rt::entry!(main);
 
-/// Bytes of the control page (the last page of the channel file).
-pub const CTL_LEN: usize = 4096;
-/// Bytes of the samples area below it (`u32` per sample).
-pub const SAMPLES_LEN: usize = 1 << 20;
-/// Ready marker.
-pub const READY: u64 = 0x7662_656e_6368_5259;
-
-const CMD: usize = 0;
-const KIND: usize = 8;
-const SIZE: usize = 16;
-const COUNT: usize = 24;
-const EXTRA: usize = 32;
-const READY_AT: usize = 64;
-const DONE_AT: usize = 128;
-const STATUS_AT: usize = 192;
-const RESULT: usize = 256;
-
-const QUIT: u64 = 0;
-const LATENCY: u64 = 1;
-const BANDWIDTH: u64 = 2;
-
-const TAG: u32 = 7;
-const ACK: u32 = 8;
 /// Largest message the bench sends (the host asks for at most this).
 const MAX_SIZE: u64 = 16 << 20;
 /// A round that takes longer than this is broken.
