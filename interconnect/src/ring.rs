@@ -163,6 +163,18 @@ impl Channel {
         Ok(())
     }
 
+    /// How many more messages side 0 has sent than side 1, modulo the ring's slots
+    /// (the same on both sides once everything sent was received). Slot `i` of both
+    /// directions share a line, so a reply shares its request's line only while this is
+    /// 0, as on a fresh channel; see [`Endpoint::align`](crate::Endpoint::align).
+    pub fn skew(&self) -> u64 {
+        let (s0, s1) = match self.side {
+            0 => (self.tx.head, self.rx.next),
+            _ => (self.rx.next, self.tx.head),
+        };
+        s0.wrapping_sub(s1) & (u64::from(self.tx.g.slots) - 1)
+    }
+
     /// The peer's generation this endpoint attached to.
     pub fn peer_generation(&self) -> u32 {
         self.peer_gen

@@ -228,3 +228,54 @@ fn a_receiver_waiting_for_a_message_does_not_say_it_waits_for_credit() {
     assert!(seen.borrow().iter().all(|&credit| !credit));
     assert!(rung.borrow().is_empty());
 }
+
+#[test]
+fn align_puts_a_skewed_channel_back_in_step_both_ways() {
+    let mut eps = host::threads(&Config::new(2)).unwrap();
+    let mut b = eps.pop().unwrap();
+    let mut a = eps.pop().unwrap();
+    let w = a.world();
+    let slots = layout::Geometry::default().slots as u64;
+    let skew = |e: &Endpoint<host::HostPlatform>, peer| e.channel(peer).unwrap().skew();
+    assert_eq!(
+        (skew(&a, 1), skew(&b, 0)),
+        (0, 0),
+        "a fresh channel is in step"
+    );
+    // Rank 0 streams 5 (rank 1, the higher, then sends 5 fillers), then rank 1 streams
+    // 7 (rank 1 sends slots - 7 fillers: the counts only need to agree modulo slots).
+    for (from_a, n, want) in [(true, 5, 5), (false, 7, slots - 7)] {
+        for i in 0..n {
+            let (tx, rx, to, from) = if from_a {
+                (&mut a, &mut b, 1, 0)
+            } else {
+                (&mut b, &mut a, 0, 1)
+            };
+            tx.send(&w, to, 1, &[i], dl(tx)).unwrap();
+            rx.recv(&w, from, 1, &mut [0], dl(rx)).unwrap();
+        }
+        assert_eq!((skew(&a, 1), skew(&b, 0)), (want, want));
+        let t = thread::spawn(move || {
+            b.align(&b.world(), 0, 9, dl(&b)).unwrap();
+            b
+        });
+        a.align(&w, 1, 9, dl(&a)).unwrap();
+        b = t.join().unwrap();
+        assert_eq!((skew(&a, 1), skew(&b, 0)), (0, 0));
+        // The fillers are gone: the next message is the next one sent, whatever the tag.
+        b.send(&w, 0, 2, b"after", Deadline::NOW).unwrap();
+        let mut buf = [0u8; 8];
+        let st = a.recv(&w, 1, ANY_TAG, &mut buf, dl(&a)).unwrap();
+        assert_eq!((st.tag, &buf[..st.len]), (2, &b"after"[..]));
+        a.send(&w, 1, 2, b"x", Deadline::NOW).unwrap();
+        b.recv(&w, 0, 2, &mut buf, dl(&b)).unwrap();
+    }
+    // In step already: nothing is sent.
+    a.align(&w, 1, 9, Deadline::NOW).unwrap();
+    b.align(&w, 0, 9, Deadline::NOW).unwrap();
+    assert_eq!(a.iprobe(&w, 1, ANY_TAG).unwrap(), None);
+    assert_eq!(
+        a.align(&w, 7, 9, Deadline::NOW),
+        Err(Error::PermissionDenied { rank: 7, tag: 9 })
+    );
+}

@@ -393,6 +393,14 @@ impl Side {
             pattern(&mut self.src[..size], seed);
         }
         let dl = self.ep.after_ms(300_000);
+        if pair == Pair::Fabric {
+            // Streaming rounds leave the two directions' counts apart; a fresh channel
+            // (and so a ping-pong program's) starts in step.
+            let peer = u32::from(self.ping);
+            self.ep
+                .align(&self.world, peer, TAG_ACK, dl)
+                .map_err(|e| e.to_string())?;
+        }
         let mut rtt = Vec::with_capacity(if self.ping { iters } else { 0 });
         // Block mode: ping stays idle long enough (outside the timed section) for pong
         // to have gone to sleep in both pairs, so every message must wake it. (The
