@@ -163,10 +163,11 @@ impl Channel {
         Ok(())
     }
 
-    /// How many more messages side 0 has sent than side 1, modulo the ring's slots
-    /// (the same on both sides once everything sent was received). Slot `i` of both
-    /// directions share a line, so a reply shares its request's line only while this is
-    /// 0, as on a fresh channel; see [`Endpoint::align`](crate::Endpoint::align).
+    /// How many more slots side 0 has filled than side 1 (one per message, one per
+    /// fragment of a long one), modulo the ring's slots: the same on both sides once
+    /// everything sent was received. Slot `i` of both directions share a line, so a
+    /// reply shares its request's line only while this is 0, as on a fresh channel;
+    /// see [`Endpoint::align`](crate::Endpoint::align).
     pub fn skew(&self) -> u64 {
         let (s0, s1) = match self.side {
             0 => (self.tx.head, self.rx.next),
