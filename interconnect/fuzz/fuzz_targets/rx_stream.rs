@@ -8,7 +8,7 @@ use interconnect::fuzzing::FuzzPlatform;
 use interconnect::layout::{self, Geometry, LINE};
 use interconnect::ring::Channel;
 use interconnect::shm::Region;
-use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint, Rank};
+use interconnect::{ANY_SOURCE, ANY_TAG, Config, Deadline, Endpoint};
 use libfuzzer_sys::fuzz_target;
 use std::sync::atomic::Ordering::Relaxed;
 
