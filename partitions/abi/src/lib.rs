@@ -192,9 +192,12 @@ pub mod sys {
     pub const EXIT: u64 = 2;
     /// Give up the CPU briefly (lets pending interrupts in); returns 0.
     pub const YIELD: u64 = 3;
-    /// Block until a doorbell interrupt or until the monotonic time `rdi` (ns;
-    /// `u64::MAX` = no deadline). Returns the bit mask of doorbell vectors that
-    /// rang (bit `v` for vector `v`), or 0 when the deadline passed.
+    /// Block until a doorbell interrupt or until the TSC reaches `rdi` (`u64::MAX` =
+    /// no deadline). Returns the doorbell bits that rang (bit `n` for the `n`-th
+    /// doorbell vector), or 0 when the deadline passed. Unlike the others it follows
+    /// the C calling convention (the caller-saved registers may change): its entry
+    /// and exit save and restore nothing, because every ring-0 instruction is
+    /// emulated under `kvm_pvm` (about 1 µs each) and this one is on the wake-up path.
     pub const WAIT: u64 = 4;
     /// Report a panic: message at `rdi`, length `rsi`; ends the partition with
     /// [`crate::exit::SERVICE_PANIC`].

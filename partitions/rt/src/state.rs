@@ -6,6 +6,7 @@ use core::cell::UnsafeCell;
 /// A cell for single-CPU global state. Every access happens either at CPL 0
 /// with interrupts off (the runtime) or at CPL 3 (the service), never both at
 /// once on the same field, so plain exclusive access is sound.
+#[repr(transparent)]
 pub(crate) struct Global<T>(UnsafeCell<T>);
 
 // SAFETY: one CPU; see the type's docs for the access discipline.
@@ -56,16 +57,20 @@ pub(crate) const TIMER_VECTOR: u8 = 32;
 /// Spurious-interrupt vector.
 pub(crate) const SPURIOUS_VECTOR: u8 = 47;
 
+/// The bit of [`Kernel::pending`] a doorbell stub sets with its vector's: a doorbell
+/// interrupt is in service. Its end of interrupt waits for the next wait or yield
+/// (`apic::ack`), off the path of the wake-up.
+pub(crate) const IN_SERVICE: u32 = 1 << 31;
+
 /// Runtime state.
 pub(crate) struct Kernel {
     pub platform: Platform,
     pub tsc_khz: u64,
     pub ram_end: u64,
     pub lapic: bool,
-    /// Doorbell vectors that rang and were not yet reported (bit per vector).
+    /// Doorbell vectors that rang and were not yet reported (bit per vector), and
+    /// [`IN_SERVICE`]. Written by the doorbell stubs (`trap.rs`) in one instruction.
     pub pending: u32,
-    /// The deadline timer fired.
-    pub timer_fired: bool,
     /// The prologue's `SETUP` call happened.
     pub setup_done: bool,
 }
@@ -77,7 +82,6 @@ pub(crate) static K: Global<Kernel> = Global::new(Kernel {
     ram_end: 0,
     lapic: false,
     pending: 0,
-    timer_fired: false,
     setup_done: false,
 });
 

@@ -3,7 +3,10 @@
 
 use crate::boot::{dfstack_top, gdt, kstack_top};
 use crate::console::{self, kprint};
-use crate::state::{DOORBELL_VECTOR_BASE, Global, K, SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::state::{
+    DOORBELL_VECTOR_BASE, Global, IN_SERVICE, K, Kernel, MAX_DOORBELL_DEVS, SPURIOUS_VECTOR,
+    TIMER_VECTOR, VECTORS_PER_DEV,
+};
 use abi::{exit, sys};
 use core::arch::{asm, global_asm};
 
@@ -24,14 +27,35 @@ isr_stubs:
     .set i, 0
     .rept {n}
     .p2align 4
+    .if (i >= {db_first}) && (i <= {db_last})
+    // A doorbell: record it (and that its EOI is due) in one instruction.
+    orl $((1 << (i - {db_first})) | {in_service}), {k}+{pending}(%rip)
+    iretq
+    .elseif i == 3
+    jmp bp_entry
+    .else
     .if (i == 8) || (i == 10) || (i == 11) || (i == 12) || (i == 13) || (i == 14) || (i == 17) || (i == 21) || (i == 29) || (i == 30)
     .else
     pushq $0
     .endif
     pushq $i
     jmp isr_common
+    .endif
     .set i, i + 1
     .endr
+
+    // System calls: WAIT is a C call that saves nothing (the caller declared the
+    // clobbers); the others go through the full frame.
+bp_entry:
+    cmpq ${wait}, %rax
+    jne 1f
+    subq $8, %rsp
+    call {wait_entry}
+    addq $8, %rsp
+    iretq
+1:  pushq $0
+    pushq $3
+    jmp isr_common
 
 isr_common:
     pushq %rax
@@ -120,6 +144,13 @@ idt_table:
 "#,
     base = const crate::paging::IMAGE_BASE,
     n = const IDT_LEN,
+    db_first = const DOORBELL_VECTOR_BASE,
+    db_last = const DOORBELL_VECTOR_BASE as usize + MAX_DOORBELL_DEVS * VECTORS_PER_DEV - 1,
+    in_service = const IN_SERVICE,
+    k = sym K,
+    pending = const core::mem::offset_of!(Kernel, pending),
+    wait = const sys::WAIT,
+    wait_entry = sym wait_entry,
     ss = const USER_SS,
     cs = const USER_CS,
     options(att_syntax)
@@ -247,6 +278,12 @@ const NAMES: [&str; 32] = [
     "reserved 31",
 ];
 
+/// `sys::WAIT`, called from `bp_entry` with interrupts off and no registers saved.
+#[unsafe(link_section = ".text.rt")]
+extern "C" fn wait_entry(deadline: u64) -> u64 {
+    u64::from(crate::apic::wait(deadline))
+}
+
 /// Common trap handler, called by the stubs with interrupts off.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text.rt")]
@@ -255,17 +292,9 @@ extern "C" fn trap_entry(f: &mut Frame) {
     let from_user = f.cs & 3 == 3;
     match v {
         3 => syscall(f),
-        TIMER_VECTOR => {
-            // SAFETY: CPL 0, interrupts off.
-            unsafe { K.get() }.timer_fired = true;
-            crate::apic::eoi();
-        }
+        // The deadline timer: `apic::wait` looks at the clock itself.
+        TIMER_VECTOR => crate::apic::eoi(),
         SPURIOUS_VECTOR => {}
-        33..=46 => {
-            // SAFETY: CPL 0, interrupts off.
-            unsafe { K.get() }.pending |= 1 << (v - DOORBELL_VECTOR_BASE);
-            crate::apic::eoi();
-        }
         _ if from_user => user_fault(f),
         _ => runtime_fault(f),
     }
@@ -392,11 +421,11 @@ fn syscall(f: &mut Frame) {
             console::exit(f.rdi as u8)
         }
         sys::YIELD => {
+            crate::apic::ack();
             // SAFETY: opens a one-instruction window for pending interrupts.
             unsafe { asm!("sti", "nop", "cli", options(nomem, nostack)) };
             f.rax = 0;
         }
-        sys::WAIT => f.rax = u64::from(crate::apic::wait(f.rdi)),
         sys::SETUP => {
             // SAFETY: CPL 0, interrupts off.
             let k = unsafe { K.get() };
