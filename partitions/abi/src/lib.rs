@@ -38,8 +38,10 @@
 //! The service at CPL 3 enters the runtime with `int3` (the `syscall` instruction
 //! does not reach CPL 0 under `kvm_pvm`; `int3` through a DPL-3 gate works there,
 //! under hardware KVM and under TCG). `rax` holds the number ([`sys`]), `rdi`,
-//! `rsi`, `rdx` the arguments, `rax` the result. A trap costs 55-90 µs under
-//! `kvm_pvm`: keep system calls off any data path.
+//! `rsi`, `rdx` the arguments, `rax` the result. Every ring-0 instruction is
+//! emulated under `kvm_pvm` (about 1 µs each): a system call through the full trap
+//! frame costs 55-90 µs there, so keep them off any data path. [`sys::WAIT`], on
+//! the wake-up path, saves nothing.
 //!
 //! # Command line
 //!
