@@ -442,3 +442,24 @@ fn a_send_on_a_direction_without_a_right_convicts_the_sender() {
     assert_has(&monitor, "kill: asked the launcher to kill p0.g0");
     assert_clean(pid);
 }
+
+#[test]
+fn a_peer_forging_rights_in_the_control_block_cannot_get_an_honest_partition_convicted() {
+    let d = TempDir::new("forged");
+    let (o, pid) = up("forged.toml", &d.0);
+    let all = text(&o);
+    // Without the command line's word on each direction, generation 1 took the forged
+    // send right, sent, and was convicted `Unauthorized` and killed (exit 137).
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert_has(&all, "victim       status 0 (success), 1 restart(s)");
+    assert_has(&all, "forger       status 0 (success)");
+    let monitor = log(&d.0, "monitor");
+    assert_has(&monitor, "reopen: channel 0-1");
+    assert!(!monitor.contains("Unauthorized"), "{monitor}");
+    let victim = log(&d.0, "victim");
+    assert_has(&victim, "scenario: send -> 0 PermissionDenied");
+    assert_has(&victim, "\"expects_failed\":0");
+    // The forger kept rewriting the rights all along.
+    assert_has(&log(&d.0, "forger"), "scenario: forge -> 1 ok");
+    assert_clean(pid);
+}

@@ -53,9 +53,11 @@
 //! A channel is created [`PENDING`]; its publisher (the monitor partition, or the
 //! launcher of a system without one) writes each side's send rights into the control
 //! block and then opens it ([`publish`]); a side reads its rights once the channel is
-//! no longer pending ([`read_rights`]: open, or already revoked). Both sides can write the control block too (ivshmem maps the
-//! whole region): a side lying there deceives only the checks at the senders, never
-//! the hypervisor mapping or the monitor's meter.
+//! no longer pending ([`read_rights`]: open, or already revoked). Both sides can write
+//! the control block too (ivshmem maps the whole region): a side lying there deceives
+//! only the checks at the senders, never the hypervisor mapping or the monitor's
+//! meter; so a guest takes a send right only where its trusted command line gives the
+//! direction a ring (`partitions/fabric`, `tests/forged.toml`).
 
 use crate::shm::Region;
 use crate::{Error, Rank, Rights};
@@ -215,7 +217,9 @@ pub const fn alive_off(side: usize) -> usize {
 pub const fn generation_off(side: usize) -> usize {
     LINE + offset_of!(Control, generation) + 4 * side
 }
-const RIGHTS: usize = LINE + offset_of!(Control, rights);
+/// Offset of side `s`'s rights: three words at `RIGHTS + 12 * s` (flags
+/// [`MAY_SEND`] | [`MAY_ISEND`], lowest tag, highest tag).
+pub const RIGHTS: usize = LINE + offset_of!(Control, rights);
 const DIRS: usize = 2 * LINE;
 const SLOTS: usize = DIRS + 6 * LINE;
 /// Offset of a slot's first 8-byte word within the slot: `seq | tag << 32`, written

@@ -250,7 +250,8 @@ pub const MAX_SHM: usize = 8;
 /// The rights themselves (may send, non-blocking, tag range) are not on the command
 /// line: the monitor partition (or, without one, the launcher) publishes them in the
 /// channel's control block (`interconnect::layout::publish`), where the fabric reads
-/// them.
+/// them. The peer can write there too, so the fabric grants nothing on a direction
+/// whose `TX`/`RX` is 0, whatever the control block says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelArg {
     /// PCI slot.

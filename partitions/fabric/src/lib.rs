@@ -56,10 +56,12 @@
 //! - One partition, one endpoint: [`endpoint`] is called once.
 //! - The launcher is trusted for the command line and the channel headers, the
 //!   monitor (or the launcher) for the published rights; the peer is not (the
-//!   interconnect validates everything it writes). The peer could still overwrite the
-//!   rights in the control block before this partition reads them: that deceives only
-//!   this partition's own sender-side checks, never the hypervisor mapping or the
-//!   monitor's meter.
+//!   interconnect validates everything it writes). The peer can also write the
+//!   rights in the control block before this partition reads them. A send right
+//!   there on a direction the command line gives no ring is ignored (it would lure
+//!   this partition into a send the monitor convicts); what is left to a liar is to
+//!   narrow this partition's sends to itself, or to widen their tags or allow
+//!   non-blocking ones towards itself: never the hypervisor mapping or the meter.
 //! - A partition exits with 0..=99 only (the runtime reserves the rest), so set-up
 //!   failures use [`exit`]'s codes in the service range.
 #![no_std]
@@ -159,10 +161,20 @@ impl Args {
     /// The interconnect configuration: `rights[i]` (as published) towards the peer of
     /// `channels[i]`, one group per known group id (ids this partition is not in become
     /// placeholders it is not a member of, so context ids agree across partitions).
+    ///
+    /// A direction the command line gives no ring (`tx`/`rx` 0: the manifest grants
+    /// nothing that way) stays closed whatever the control block says: the peer can
+    /// write there too, and a forged send right would lure this partition into a
+    /// send the monitor convicts (`tests/forged.toml`).
     pub fn config(&self, geometry: Geometry, rights: &[Rights]) -> Config {
         let mut cfg = Config::new(self.size);
         cfg.geometry = geometry;
-        for (c, &mine) in self.channels.iter().zip(rights) {
+        for (c, &published) in self.channels.iter().zip(rights) {
+            let mine = Rights {
+                send: published.send && c.tx > 0,
+                recv: published.recv && c.rx > 0,
+                ..published
+            };
             cfg.pairs.push((self.rank, c.peer));
             cfg.rights.push(((self.rank, c.peer), mine));
             // What the peer may send us (the endpoint checks it on receive).
