@@ -64,6 +64,21 @@ fn report(log: &str) -> &str {
         .unwrap_or_else(|| panic!("no scenario report in:\n{log}"))
 }
 
+/// `sink`'s report in flood.toml and flood-revoke.toml: all 2,000 messages of `good1`
+/// (64 B) and `good2` (8 B), intact and in order.
+fn assert_sink_got_both_senders(r: &str) {
+    assert_has(r, r#""op":"recv","done":2000,"outcome":"ok""#);
+    for (from, size) in [(1u32, 64usize), (2, 8)] {
+        let sum = scenario_checksum(from, size, 1000);
+        assert_has(
+            r,
+            &format!(
+                r#"{{"from":{from},"count":1000,"other":0,"bad":0,"in_order":true,"checksum":"{sum:#018x}"}}"#
+            ),
+        );
+    }
+}
+
 #[test]
 fn flooder_is_killed_and_its_victim_loses_nothing() {
     let d = TempDir::new("flood");
@@ -94,16 +109,7 @@ fn flooder_is_killed_and_its_victim_loses_nothing() {
     // The victim: every message of both well-behaved senders, intact, in order.
     let sink = log(&d.0, "sink");
     let r = report(&sink);
-    assert_has(r, r#""op":"recv","done":2000,"outcome":"ok""#);
-    for (from, size) in [(1u32, 64usize), (2, 8)] {
-        let sum = scenario_checksum(from, size, 1000);
-        assert_has(
-            r,
-            &format!(
-                r#"{{"from":{from},"count":1000,"other":0,"bad":0,"in_order":true,"checksum":"{sum:#018x}"}}"#
-            ),
-        );
-    }
+    assert_sink_got_both_senders(r);
     assert_has(r, r#""expects_failed":0"#);
     for good in ["good1", "good2"] {
         assert_has(
@@ -117,6 +123,28 @@ fn flooder_is_killed_and_its_victim_loses_nothing() {
     {
         say(format_args!("flood: {l}"));
     }
+    assert_clean(pid);
+}
+
+#[test]
+fn with_on_flood_revoke_a_flooder_loses_its_channel_and_nothing_else() {
+    let d = TempDir::new("flood-revoke");
+    let (o, pid) = up("flood-revoke.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    let monitor = log(&d.0, "monitor");
+    assert_has(&monitor, "on_flood=Revoke");
+    assert_has(&monitor, "verdict: flood: p3.g0 on ");
+    assert_has(&monitor, "revoke: edge 2 (3 -> 0)");
+    assert!(!monitor.contains("kill:"), "{monitor}");
+    // The flooder's next send after the revoke failed; it ran on and ended well.
+    let flooder = log(&d.0, "flooder");
+    assert_has(report(&flooder), r#""outcome":"Revoked""#);
+    assert_has(report(&flooder), r#""expects_failed":0"#);
+    // The victim: every message of both well-behaved senders, intact, in order.
+    let sink = log(&d.0, "sink");
+    let r = report(&sink);
+    assert_sink_got_both_senders(r);
     assert_clean(pid);
 }
 
