@@ -16,8 +16,10 @@
 //!    line, or copying through a buffer for larger sizes), mpich (`mpiexec -n 2
 //!    -bind-to core`). While the host measures, the partitions sleep in `rt::wait`.
 //! 3. Phase *block*: the same for vm-vm and host-host with the fabric's default
-//!    spin (50 µs) before blocking on a doorbell. Raw and MPICH have no blocking
-//!    mode.
+//!    spin before blocking on a doorbell (the guest's adaptive 20-100 µs, the host's
+//!    50 µs). Each side answers at once, so the spin catches every message: this
+//!    measures the mode when it need not block, not a wake-up. Raw and MPICH have
+//!    no blocking mode.
 //!
 //! Every latency figure is one way: half of each timed round trip (TSC ticks at the
 //! ping side, converted with the host's TSC frequency; under KVM the guest's TSC is
