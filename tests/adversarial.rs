@@ -64,7 +64,7 @@ fn report(log: &str) -> &str {
         .unwrap_or_else(|| panic!("no scenario report in:\n{log}"))
 }
 
-/// `sink`'s report in flood.toml and flood-revoke.toml: all 2,000 messages of `good1`
+/// `sink`'s report in flood.toml, flood-revoke.toml and unrevoke.toml: all 2,000 messages of `good1`
 /// (64 B) and `good2` (8 B), intact and in order.
 fn assert_sink_got_both_senders(r: &str) {
     assert_has(r, r#""op":"recv","done":2000,"outcome":"ok""#);
@@ -145,6 +145,31 @@ fn with_on_flood_revoke_a_flooder_loses_its_channel_and_nothing_else() {
     let sink = log(&d.0, "sink");
     let r = report(&sink);
     assert_sink_got_both_senders(r);
+    assert_clean(pid);
+}
+
+#[test]
+fn a_flooder_that_undoes_its_revocation_is_killed() {
+    let d = TempDir::new("unrevoke");
+    let (o, pid) = up("unrevoke.toml", &d.0);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(137), "{all}");
+    assert_has(&all, "flooder      killed on the monitor's verdict");
+    let monitor = log(&d.0, "monitor");
+    assert_in_order(
+        &monitor,
+        &[
+            "verdict: flood: p3.g0 on ",
+            "revoke: edge 2 (3 -> 0)",
+            "verdict: Unrevoked { edge: EdgeId(2), from: PartitionId { index: 3, generation: 0 }",
+            "revoke: edge 2 (3 -> 0)",
+            "kill: asked the launcher to kill p3.g0",
+        ],
+    );
+    // Killed in its `unrevoke` step, before its report.
+    assert_has(&log(&d.0, "flooder"), "scenario: expect Revoked: held");
+    let sink = log(&d.0, "sink");
+    assert_sink_got_both_senders(report(&sink));
     assert_clean(pid);
 }
 

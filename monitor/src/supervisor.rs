@@ -374,6 +374,24 @@ impl Monitor {
         self.follow(actions)
     }
 
+    /// The executor found `edge`'s channel open again after it revoked it for a flood
+    /// (see [`Verdict::Unrevoked`]): convicts the edge's sender, whatever `on_flood`.
+    pub fn unrevoked(&mut self, edge: EdgeId, now_ns: u64) -> Vec<Action> {
+        let sup = &mut self.supervisor;
+        let Some(from) = sup.table().edge_by_id(edge).map(|e| e.from) else {
+            return Vec::new();
+        };
+        let Some(id) = sup.current(from) else {
+            return Vec::new();
+        };
+        let actions = sup.convict(Verdict::Unrevoked {
+            edge,
+            from: id,
+            at_ns: now_ns,
+        });
+        self.follow(actions)
+    }
+
     /// See [`Supervisor::on_launcher`].
     pub fn on_launcher(&mut self, bytes: &[u8], now_ns: u64) -> Result<Vec<Action>, Hostile> {
         let actions = self.supervisor.on_launcher(bytes, now_ns)?;

@@ -66,6 +66,17 @@ pub enum Verdict {
         /// Time of the sample.
         at_ns: u64,
     },
+    /// A channel the monitor revoked for a flood was opened again (its control word
+    /// rewritten; only the channel's two ends can, and the fabric never does): its
+    /// convicted sender is killed.
+    Unrevoked {
+        /// The revoked edge.
+        edge: EdgeId,
+        /// Its sender, convicted of the flood.
+        from: PartitionId,
+        /// Time of the sample.
+        at_ns: u64,
+    },
     /// A partition wrote a record to its control channel that is not a valid one.
     Hostile {
         /// The partition.
@@ -126,6 +137,7 @@ impl Verdict {
             Self::Flood { from, .. }
             | Self::Tamper { from, .. }
             | Self::Unauthorized { from, .. }
+            | Self::Unrevoked { from, .. }
             | Self::Hostile { from, .. } => Some(from),
             Self::Fault { id, .. } | Self::Hung { id, .. } | Self::Crashed { id, .. } => Some(id),
             Self::Reported { .. } => None,
@@ -140,6 +152,7 @@ impl Verdict {
             Self::Flood { at_ns, .. }
             | Self::Tamper { at_ns, .. }
             | Self::Unauthorized { at_ns, .. }
+            | Self::Unrevoked { at_ns, .. }
             | Self::Hostile { at_ns, .. }
             | Self::Fault { at_ns, .. }
             | Self::Hung { at_ns, .. }

@@ -434,6 +434,26 @@ fn milder_flood_actions() {
     );
     assert!(m.supervisor().is_current(id(2, 0)));
     assert!(!m.meter().is_open(EdgeId(3)) && m.meter().is_open(EdgeId(2)));
+    // The revoked channel found open again: its flooder is killed after all.
+    let a = m.unrevoked(EdgeId(3), 2 * MS);
+    assert!(
+        matches!(
+            a[..],
+            [
+                Action::Log(Verdict::Unrevoked {
+                    edge: EdgeId(3),
+                    from: PartitionId { index: 2, .. },
+                    ..
+                }),
+                ..,
+                Action::Kill(PartitionId { index: 2, .. }),
+                Action::Stopped { .. }
+            ]
+        ),
+        "{a:?}"
+    );
+    assert!(!m.supervisor().is_current(id(2, 0)));
+    assert!(m.unrevoked(EdgeId(3), 3 * MS).is_empty(), "judged once");
     // Report: logged, metered afresh from the counters seen, and reported again later.
     let config = SupervisorConfig {
         on_flood: FloodAction::Report,

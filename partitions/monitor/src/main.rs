@@ -22,7 +22,8 @@
 //! ([`monitor::Monitor::unauthorized`]), carry out
 //! its actions (revoke: the channel's control word, then a doorbell to both ends;
 //! kill/restart: a command record to the launcher; log: the verdict with its
-//! evidence), then take the launcher's exit reports. The loop makes no system call
+//! evidence), convict the sender of any channel it revoked that an end opened again
+//! (`Verdict::Unrevoked`), then take the launcher's exit reports. The loop makes no system call
 //! but the deadline wait for the period; while a kill it asked for is pending it
 //! waits 200 us at a time instead, so that the moment the launcher marks the VM's
 //! channels dead is seen within a fraction of a millisecond (the figure for
@@ -65,6 +66,7 @@ extern crate alloc;
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 use core::time::Duration;
 
 use interconnect::layout::{self, Counts, Geometry};
@@ -102,6 +104,9 @@ struct Watched {
     malformed: [u64; 2],
     /// Directions without an edge already judged for sending (until a reopen).
     unauthorized: [bool; 2],
+    /// The edge this monitor revoked the channel for (until a reopen): the channel
+    /// must stay revoked.
+    revoked: Option<EdgeId>,
     bell: Option<rt::Doorbell>,
 }
 
@@ -284,6 +289,7 @@ fn main() -> u8 {
             counts: [Counts::default(); 2],
             malformed: [0; 2],
             unauthorized: [false; 2],
+            revoked: None,
             bell: shm.doorbell(),
         });
     }
@@ -370,6 +376,7 @@ fn main() -> u8 {
             },
         );
         s.execute(actions, None);
+        s.reopened_by_an_end(t);
         s.unauthorized_sends(t);
         s.malformed_reports(t);
         s.control_records(t);
@@ -416,6 +423,22 @@ impl State {
 
     /// A direction without an edge whose producer counter moved convicts its sender
     /// (once per direction until the channel is reopened).
+    /// A channel revoked here that reads open again was rewritten by one of its
+    /// ends (the fabric never writes the control word): convicts the revoked edge's
+    /// sender ([`Verdict::Unrevoked`]), which revokes the channel again and kills it.
+    fn reopened_by_an_end(&mut self, t: u64) {
+        for c in 0..self.chans.len() {
+            let ch = &self.chans[c];
+            if let Some(edge) = ch.revoked
+                && ch.region.load32(layout::CONTROL, Ordering::Acquire) == layout::OPEN
+            {
+                let actions = self.monitor.unrevoked(edge, t);
+                self.chans[c].revoked = None;
+                self.execute(actions, None);
+            }
+        }
+    }
+
     fn unauthorized_sends(&mut self, t: u64) {
         let mut actions = Vec::new();
         for ch in &mut self.chans {
@@ -519,7 +542,8 @@ impl State {
             if let Action::Revoke(edge) = *a
                 && let Some(&(c, _)) = self.edges.get(&edge.0)
             {
-                let ch = &self.chans[c];
+                let ch = &mut self.chans[c];
+                ch.revoked.get_or_insert(edge);
                 layout::revoke(&ch.region);
                 if let Some(b) = &ch.bell {
                     for id in 0..2u16 {
@@ -627,6 +651,7 @@ impl State {
                 ch.counts = [Counts::default(); 2];
                 ch.malformed = [0; 2];
                 ch.unauthorized = [false; 2];
+                ch.revoked = None;
                 // The monitor's own end of a control channel follows the new generation.
                 if let Some(ep) = self.endpoint.as_mut()
                     && let Some(me) = ch.ends.iter().position(|&r| u32::from(r) == ep.rank())

@@ -17,6 +17,7 @@
 //! | `reattach:to=R` | re-attaches to `R` after the monitor reopened their channel for a new generation of `R` (`Endpoint::reattach`) | `ok` (with `R`'s `generation`) or the error |
 //! | `control:to=R,record=heartbeat\|garbage\|impersonate` | sends one control record to the monitor partition `R` on its channel: a valid heartbeat (with its own generation), 32 bytes of garbage, or a heartbeat claiming to come from another partition | `ok` or the send's error |
 //! | `corrupt:to=R` | writes a malformed message (slot kind 0) into the next slot of its ring to `R`, published with a valid sequence number, and rings `R` | `ok` |
+//! | `unrevoke:to=R,ms=M` | for `M` ms, keeps rewriting the control word of its channel to `R` to "open" (as if the monitor had not revoked it) | `ok` (with the `writes`) |
 //! | `forge:to=R,ms=M` | for `M` ms, keeps rewriting `R`'s rights in their channel's control block to "may send anything, non-blocking too" | `ok` (with the `writes`) |
 //!
 //! Message `i` (from 0) of a `send` or `flood` by rank `s` holds `i` (u32 LE), `s`
@@ -278,17 +279,23 @@ fn run(
                 Err(e) => (0, name(&e), String::new()),
             })
         }
-        "forge" => {
+        "unrevoke" | "forge" => {
             let to = step.num("to", None)? as u32;
             let Some(ch) = ep.channel(to) else {
                 return Ok((0, "PermissionDenied".into(), String::new()));
             };
-            let (r, off) = (ch.region(), layout::RIGHTS + 12 * (1 - ch.side()));
+            let r = ch.region();
+            // The words to keep rewriting: the control word, or the peer's rights.
+            let (off, words): (usize, &[u32]) = if step.op == "unrevoke" {
+                (layout::CONTROL, &[layout::OPEN])
+            } else {
+                let all = &[layout::MAY_SEND | layout::MAY_ISEND, 0, ANY_TAG - 1];
+                (layout::RIGHTS + 12 * (1 - ch.side()), all)
+            };
             let until = rt::time::now().after(Duration::from_millis(step.num("ms", None)?));
             let mut writes = 0u64;
             while rt::time::now() < until {
-                let all = [layout::MAY_SEND | layout::MAY_ISEND, 0, ANY_TAG - 1];
-                for (k, w) in all.iter().enumerate() {
+                for (k, w) in words.iter().enumerate() {
                     r.store32(off + 4 * k, *w, core::sync::atomic::Ordering::Release);
                 }
                 writes += 1;
