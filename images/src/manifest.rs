@@ -19,16 +19,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Ring slots per direction for rings of 16 KiB and more (`interconnect::layout`);
-/// smaller rings get one slot per 64 bytes.
-pub const RING_SLOTS: u32 = 256;
+pub use abi::{MAX_RING_BYTES, MIN_RING_BYTES, RING_SLOTS};
 /// Smallest channel file: ivshmem maps the file as a PCI BAR, and the runtime maps
 /// BARs with 2 MiB pages.
 pub const MIN_CHANNEL_BYTES: u64 = 2 << 20;
-/// Smallest ring (per direction).
-pub const MIN_RING_BYTES: u64 = 4096;
-/// Largest ring (per direction).
-pub const MAX_RING_BYTES: u64 = 64 << 20;
 /// Guest-physical room for a partition's channels: the PCI host bridge's 32-bit
 /// window 0xc000_0000..0xe000_0000 less its last 2 MiB, where the runtime puts the
 /// devices' register pages (`partitions/rt/src/pci.rs`).
@@ -540,14 +534,10 @@ fn positive(cx: &Cx<'_>, key: &str, v: &Spanned<i64>) -> Result<u64, ManifestErr
 /// is symmetric, so both directions get the larger ring as their data area; rights,
 /// not memory, keep an ungranted direction unused.
 pub fn channel_geometry(ring_lo_hi: u64, ring_hi_lo: u64) -> interconnect::layout::Geometry {
-    let ring = ring_lo_hi
-        .max(ring_hi_lo)
-        .clamp(MIN_RING_BYTES, MAX_RING_BYTES);
+    let (slots, data_len) = abi::ring_geometry(ring_lo_hi, ring_hi_lo);
     interconnect::layout::Geometry {
-        slots: u32::try_from(ring / 64)
-            .unwrap_or(RING_SLOTS)
-            .clamp(2, RING_SLOTS),
-        data_len: u32::try_from(ring).unwrap_or(u32::MAX),
+        slots,
+        data_len,
         ..interconnect::layout::Geometry::default()
     }
 }

@@ -270,6 +270,15 @@ impl Geometry {
         Ok(())
     }
 
+    /// [`Geometry::validate`], and `region` is large enough for it.
+    pub fn check_fits(&self, region: &Region) -> Result<(), Error> {
+        self.validate()?;
+        if region.len() < self.region_len() {
+            return Err(Error::config("channel region bytes", region.len() as u64));
+        }
+        Ok(())
+    }
+
     /// Bytes of the whole channel region.
     pub fn region_len(&self) -> usize {
         SLOTS + LINE * self.slots as usize + 2 * self.data_len as usize
@@ -435,10 +444,7 @@ pub fn read_header(region: &Region) -> Result<(Geometry, [Rank; 2]), Error> {
         data_len: h.data_len,
         max_msg: h.max_msg,
     };
-    g.validate()?;
-    if region.len() < g.region_len() {
-        return Err(Error::config("channel region bytes", region.len() as u64));
-    }
+    g.check_fits(region)?;
     Ok((g, h.ranks))
 }
 

@@ -448,7 +448,9 @@ impl<P: Platform> Endpoint<P> {
         let Some(Some(l)) = self.links.get(peer as usize) else {
             return Err(Error::PermissionDenied { rank: peer, tag: 0 });
         };
-        let ch = Channel::attach(l.ch.region().clone(), self.rank, peer)?;
+        // Side and geometry as before: a reopen never changes them, the peer may have
+        // rewritten the header.
+        let ch = Channel::open(l.ch.region().clone(), l.ch.side(), peer, l.ch.geometry())?;
         ch.check()?;
         let generation = ch.peer_generation();
         if generation == l.ch.peer_generation() {

@@ -103,6 +103,16 @@ impl Channel {
                 ));
             }
         };
+        Channel::open(region, side, peer, g)
+    }
+
+    /// Attaches as side `side` of a channel of geometry `g` to world rank `peer`
+    /// without reading the header, which the peer can rewrite: for a side that knows
+    /// both from elsewhere (a guest's trusted command line; the channel it had before a
+    /// reopen, which never changes them).
+    pub fn open(region: Region, side: usize, peer: Rank, g: Geometry) -> Result<Channel, Error> {
+        g.check_fits(&region)?;
+        let side = side & 1;
         let session = layout::session(&region);
         let tx = Tx {
             r: region.clone(),
@@ -142,6 +152,11 @@ impl Channel {
     /// Which side of the region this endpoint is (0: the lower rank).
     pub fn side(&self) -> usize {
         self.side
+    }
+
+    /// The channel's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.tx.g
     }
 
     /// `Err(Revoked)` if the monitor revoked the channel, `Err(PeerDead)` if the peer

@@ -385,6 +385,12 @@ fn a_stale_generation_is_dead_until_reattached() {
     let platform = host::HostPlatform::new(bells, 1).unwrap();
     let mut new = Endpoint::new(&cfg, 1, vec![(0, ch)], platform).unwrap();
     new.send(&w, 0, 7, b"from gen 1", Deadline::NOW).unwrap();
+    // Generation 1 then spoils the header (magic, ring slots): rank 0 re-attaches with
+    // the side and geometry it had, not with what the header now says.
+    let hdr = eps[0].channel(1).unwrap().region().clone();
+    hdr.store32(0, 0xbad, core::sync::atomic::Ordering::Relaxed);
+    hdr.store32(12, 4, core::sync::atomic::Ordering::Relaxed);
+    assert!(interconnect::ring::Channel::attach(hdr, 0, 1).is_err());
     // Neither the request made against generation 0 nor a new receive gets it.
     assert_eq!(eps[0].wait(&old, soon()), Err(Error::PeerDead { rank: 1 }));
     let r = eps[0].recv(&w, 1, 7, &mut buf, soon());

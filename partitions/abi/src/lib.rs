@@ -266,6 +266,37 @@ pub struct ChannelArg {
     pub rx: u64,
 }
 
+impl ChannelArg {
+    /// The channel's ring slots and data-area bytes: [`ring_geometry`] of its two
+    /// directions' rings.
+    pub fn geometry(&self) -> (u32, u32) {
+        match self.side {
+            0 => ring_geometry(self.tx, self.rx),
+            _ => ring_geometry(self.rx, self.tx),
+        }
+    }
+}
+
+/// Ring slots per direction for rings of 16 KiB and more; smaller rings get one slot
+/// per 64 bytes.
+pub const RING_SLOTS: u32 = 256;
+/// Smallest ring (per direction).
+pub const MIN_RING_BYTES: u64 = 4096;
+/// Largest ring (per direction).
+pub const MAX_RING_BYTES: u64 = 64 << 20;
+
+/// A channel's ring slots and data-area bytes when its directions have rings of
+/// `lo_hi` and `hi_lo` bytes (0: not granted): both directions get the larger ring
+/// (the format is symmetric). The launcher writes this into the channel's header; a
+/// guest computes it from its `ch=` word instead, as the peer can rewrite the header.
+pub fn ring_geometry(lo_hi: u64, hi_lo: u64) -> (u32, u32) {
+    let ring = lo_hi.max(hi_lo).clamp(MIN_RING_BYTES, MAX_RING_BYTES);
+    let slots = u32::try_from(ring / 64)
+        .unwrap_or(RING_SLOTS)
+        .clamp(2, RING_SLOTS);
+    (slots, u32::try_from(ring).unwrap_or(u32::MAX))
+}
+
 /// A `ch=` value that does not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadChannelArg;

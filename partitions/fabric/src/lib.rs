@@ -54,9 +54,10 @@
 //!
 //! # Assumptions
 //! - One partition, one endpoint: [`endpoint`] is called once.
-//! - The launcher is trusted for the command line and the channel headers, the
-//!   monitor (or the launcher) for the published rights; the peer is not (the
-//!   interconnect validates everything it writes). The peer can also write the
+//! - The launcher is trusted for the command line, the monitor (or the launcher)
+//!   for the published rights; the peer is not (the interconnect validates
+//!   everything it writes). Each channel's side and geometry come from the command
+//!   line, not from the channel's header, which the peer can rewrite. The peer can also write the
 //!   rights in the control block before this partition reads them. A send right
 //!   there on a direction the command line gives no ring is ignored (it would lure
 //!   this partition into a send the monitor convicts); what is left to a liar is to
@@ -390,11 +391,16 @@ pub fn endpoint() -> Result<Endpoint<Guest>, SetupError> {
             }
             let _ = rt::wait(Some(rt::time::now().after(Duration::from_millis(1))));
         });
-        let ch = Channel::attach(region, args.rank, c.peer)
+        // Side and geometry from the command line, not the header (the peer can
+        // rewrite that).
+        let (slots, data_len) = c.geometry();
+        geometry = Geometry {
+            slots,
+            data_len,
+            ..Geometry::default()
+        };
+        let ch = Channel::open(region, usize::from(c.side), c.peer, geometry)
             .map_err(|e| setup(&format!("channel to rank {}", c.peer), e))?;
-        if let Ok((g, _)) = layout::read_header(ch.region()) {
-            geometry = g;
-        }
         channels.push((c.peer, ch));
         bells.push((c.peer, db, u16::from(1 - c.side)));
     }

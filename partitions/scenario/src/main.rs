@@ -18,7 +18,7 @@
 //! | `control:to=R,record=heartbeat\|garbage\|impersonate` | sends one control record to the monitor partition `R` on its channel: a valid heartbeat (with its own generation), 32 bytes of garbage, or a heartbeat claiming to come from another partition | `ok` or the send's error |
 //! | `corrupt:to=R` | writes a malformed message (slot kind 0) into the next slot of its ring to `R`, published with a valid sequence number, and rings `R` | `ok` |
 //! | `unrevoke:to=R,ms=M` | for `M` ms, keeps rewriting the control word of its channel to `R` to "open" (as if the monitor had not revoked it) | `ok` (with the `writes`) |
-//! | `forge:to=R,ms=M` | for `M` ms, keeps rewriting `R`'s rights in their channel's control block to "may send anything, non-blocking too" | `ok` (with the `writes`) |
+//! | `forge:to=R,ms=M` | for `M` ms, keeps rewriting `R`'s rights in their channel's control block to "may send anything, non-blocking too", and spoiling the channel header's magic | `ok` (with the `writes`) |
 //!
 //! Message `i` (from 0) of a `send` or `flood` by rank `s` holds `i` (u32 LE), `s`
 //! (u32 LE), then byte `k` = `i * 31 + k` (mod 256) up to its size. A receiver
@@ -294,9 +294,14 @@ fn run(
             };
             let until = rt::time::now().after(Duration::from_millis(step.num("ms", None)?));
             let mut writes = 0u64;
+            let forge = step.op == "forge";
             while rt::time::now() < until {
                 for (k, w) in words.iter().enumerate() {
                     r.store32(off + 4 * k, *w, core::sync::atomic::Ordering::Release);
+                }
+                if forge {
+                    // The header's magic too: a guest must not need the header.
+                    r.store32(0, 0xbad, core::sync::atomic::Ordering::Release);
                 }
                 writes += 1;
             }
