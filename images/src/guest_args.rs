@@ -27,9 +27,11 @@
 //! (header with magic, geometry and the two world ranks; both sides alive) and leaves
 //! it pending; the monitor partition, or the launcher itself when there is none,
 //! publishes each end's send rights in its control block and opens it
-//! (`interconnect::layout::publish`). The guest reads the geometry from that header
-//! and its rights from the control block; `TX`/`RX` in `ch=` say how large the
-//! manifest made each direction's ring (0: no right that way).
+//! (`interconnect::layout::publish`). The guest reads its rights from the control
+//! block; `TX`/`RX` in `ch=` say how large the manifest made each direction's ring
+//! (0: no right that way, whatever the control block says), and from them the guest
+//! computes the geometry (`abi::ring_geometry`) rather than trust the header, which
+//! its peer can rewrite.
 
 use crate::manifest::{Channel, System};
 

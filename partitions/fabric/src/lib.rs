@@ -16,15 +16,17 @@
 //! # Command line (see `images/src/guest_args.rs`, the one definition)
 //! `rank=R size=N [groups=NAME@ID:R,R,...;...] ch=SLOT:PEER:SIDE:TX:RX ...`
 //! - Each `ch=` names the PCI slot (bus 0) of an ivshmem-doorbell device whose
-//!   memory the launcher initialised with `interconnect::layout::reopen`; the geometry
-//!   comes from that header.
+//!   memory the launcher initialised with `interconnect::layout::reopen`. The side
+//!   and the rings' sizes give the channel's geometry (`abi::ring_geometry`, as the
+//!   launcher computes it); the header, which the peer can rewrite, is not read.
 //! - Groups become communicators with context id `1 + ID`, so that every member
 //!   agrees on it even though each partition only hears of its own groups.
 //!
 //! # Rights
-//! Not from the command line: the monitor partition (or, in a system without one, the
-//! launcher) publishes each end's send rights (may send, non-blocking, tag range) in
-//! the channel's control block and then opens it (`interconnect::layout::publish`).
+//! Not from the command line (beyond `TX`/`RX` 0: no right that way): the monitor
+//! partition (or, in a system without one, the launcher) publishes each end's send
+//! rights (may send, non-blocking, tag range) in the channel's control block and
+//! then opens it (`interconnect::layout::publish`).
 //! [`endpoint`] waits until no channel of the partition is pending, at most
 //! [`PUBLISH_WAIT_MS`] in all, reads its rights there (`layout::read_rights`), and
 //! otherwise ends the partition with [`exit::UNPUBLISHED`] instead of hanging. A
@@ -57,12 +59,13 @@
 //! - The launcher is trusted for the command line, the monitor (or the launcher)
 //!   for the published rights; the peer is not (the interconnect validates
 //!   everything it writes). Each channel's side and geometry come from the command
-//!   line, not from the channel's header, which the peer can rewrite. The peer can also write the
-//!   rights in the control block before this partition reads them. A send right
-//!   there on a direction the command line gives no ring is ignored (it would lure
-//!   this partition into a send the monitor convicts); what is left to a liar is to
-//!   narrow this partition's sends to itself, or to widen their tags or allow
-//!   non-blocking ones towards itself: never the hypervisor mapping or the meter.
+//!   line, not from the channel's header, which the peer can rewrite. The peer can
+//!   also write the rights in the control block before this partition reads them. A
+//!   send right there on a direction the command line gives no ring is ignored (it
+//!   would lure this partition into a send the monitor convicts); what is left to a
+//!   liar is to narrow this partition's sends to itself, or to widen their tags or
+//!   allow non-blocking ones towards itself: never the hypervisor mapping or the
+//!   meter.
 //! - A partition exits with 0..=99 only (the runtime reserves the rest), so set-up
 //!   failures use [`exit`]'s codes in the service range.
 #![no_std]
