@@ -279,3 +279,44 @@ fn align_puts_a_skewed_channel_back_in_step_both_ways() {
         Err(Error::PermissionDenied { rank: 7, tag: 9 })
     );
 }
+
+#[test]
+fn a_large_message_reuses_the_data_lines_of_the_last_once_consumed() {
+    let mut eps = host::threads(&Config::new(2)).unwrap();
+    let mut b = eps.pop().unwrap();
+    let mut a = eps.pop().unwrap();
+    let w = a.world();
+    let dl = u64::from(layout::Geometry::default().data_len);
+    // Where rank 0's data head is: each message's data ends there.
+    let head = |a: &Endpoint<host::HostPlatform>| {
+        let ch = a.channel(1).unwrap();
+        let off = ch.geometry().dir(ch.side()).data_head();
+        ch.region()
+            .load64(off, std::sync::atomic::Ordering::Acquire)
+    };
+    let mut buf = vec![0u8; 16 << 10];
+    let mut send = |a: &mut Endpoint<host::HostPlatform>, n: usize, seed: u8, drain: bool| {
+        let msg: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        a.send(&w, 1, 1, &msg, Deadline::NOW).unwrap();
+        if drain {
+            let st = b.recv(&w, 0, 1, &mut buf, Deadline::NOW).unwrap();
+            assert_eq!(&buf[..st.len], &msg[..]);
+        }
+        head(a)
+    };
+    assert_eq!(send(&mut a, 8 << 10, 3, true), 8 << 10);
+    // Consumed, and no larger: one lap on, on the same lines (5000 B: 5056 rounded).
+    assert_eq!(send(&mut a, 8 << 10, 5, true), (8 << 10) + dl);
+    let h = send(&mut a, 5000, 7, true);
+    assert_eq!(h, 2 * dl + 5056);
+    // Larger than the last, below 4 KiB, or the last not consumed yet: next in line.
+    assert_eq!(send(&mut a, 6000, 9, true), h + 6016);
+    let h = send(&mut a, 1000, 11, true);
+    assert_eq!(send(&mut a, 4096, 13, false), h + 4096);
+    assert_eq!(send(&mut a, 4096, 15, false), h + 2 * 4096);
+    for seed in [13, 15] {
+        let st = b.recv(&w, 0, 1, &mut buf, Deadline::NOW).unwrap();
+        let want: Vec<u8> = (0..4096).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        assert_eq!(&buf[..st.len], &want[..]);
+    }
+}
