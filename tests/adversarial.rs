@@ -483,10 +483,10 @@ fn a_send_on_a_direction_without_a_right_convicts_the_sender() {
     let monitor = log(&d.0, "monitor");
     assert_has(&monitor, "monitor: published the rights of 1 channel(s)");
     // The published rights refused the send through the fabric; the hand-written
-    // message on the same direction convicts its sender (killed before its report).
+    // message on the same direction convicts its sender (killed before its report,
+    // at times while it logs the `corrupt` step: the verdict below is the evidence).
     let a = log(&d.0, "a");
     assert_has(&a, "scenario: send -> 0 PermissionDenied");
-    assert_has(&a, "scenario: corrupt -> 1 ok");
     assert_has(
         &monitor,
         "verdict: Unauthorized { from: PartitionId { index: 0, generation: 0 }, to: 1, messages: 1,",
