@@ -28,8 +28,7 @@
 //!     .allow("fs", "client", rights)
 //!     .build()
 //!     .unwrap();
-//! let view = table.view(0).unwrap(); // what "client" learns
-//! assert_eq!(monitor::rights::RightsTable::decode(&view.encode()), Ok(view));
+//! assert_eq!(monitor::rights::RightsTable::decode(&table.encode()), Ok(table));
 //! ```
 //!
 //! # Assumptions

@@ -215,7 +215,7 @@ pub enum RightsError {
         /// Why.
         why: &'static str,
     },
-    /// Two edges share an id, or a view holds an edge not touching its viewer.
+    /// Two edges share an id, or an id is out of range.
     BadEdge {
         /// The edge.
         id: EdgeId,
@@ -391,24 +391,16 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-".contains(c))
 }
 
-/// The rights of a whole system, or one partition's view of them.
-///
-/// A view (from [`RightsTable::view`]) holds the viewer, the peers it shares an edge
-/// with, the groups it belongs to and the edges that start or end at it: nothing else.
+/// The rights of a whole system. (A partition learns its own channels' rights from
+/// their control blocks: `interconnect::layout::publish`, [`RightsTable::channel_rights`].)
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RightsTable {
-    pub(crate) viewer: Option<u16>,
     pub(crate) partitions: Vec<Partition>,
     pub(crate) groups: Vec<Group>,
     pub(crate) edges: Vec<Edge>,
 }
 
 impl RightsTable {
-    /// The partition whose view this is, or `None` for the full table.
-    pub fn viewer(&self) -> Option<PartitionId> {
-        self.partition(self.viewer?).map(Partition::id)
-    }
-
     /// The known partitions, by increasing index.
     pub fn partitions(&self) -> &[Partition] {
         &self.partitions
@@ -483,31 +475,6 @@ impl RightsTable {
             }
         };
         [side(ends[0], ends[1]), side(ends[1], ends[0])]
-    }
-
-    /// What partition `index` may learn: itself, its peers, its groups, its edges.
-    pub fn view(&self, index: u16) -> Option<RightsTable> {
-        self.partition(index)?;
-        let edges: Vec<Edge> = self
-            .edges
-            .iter()
-            .filter(|e| e.from == index || e.to == index)
-            .copied()
-            .collect();
-        let known = |p: &&Partition| {
-            p.index == index || edges.iter().any(|e| e.from == p.index || e.to == p.index)
-        };
-        Some(RightsTable {
-            viewer: Some(index),
-            partitions: self.partitions.iter().filter(known).cloned().collect(),
-            groups: self
-                .groups
-                .iter()
-                .filter(|g| g.members & (1 << index) != 0)
-                .cloned()
-                .collect(),
-            edges,
-        })
     }
 
     /// Records a new incarnation of a partition (done by the supervisor on restart).
@@ -589,19 +556,12 @@ impl RightsTable {
             });
         }
         self.check_names()?;
-        if let Some(index) = self.viewer.filter(|&v| v >= 64 || known & (1 << v) == 0) {
-            return Err(UnknownIndex {
-                index,
-                role: "viewer",
-            });
-        }
         for (i, g) in self.groups.iter().enumerate() {
             let reused = self.groups[..i].iter().any(|o| o.index == g.index);
             let why = match () {
                 _ if g.index as usize >= MAX_GROUPS || reused => "index out of range or reused",
                 _ if g.members == 0 => "no members",
-                // A view knows a group's members by index only, not every member.
-                _ if self.viewer.is_none() && g.members & !known != 0 => "unknown member index",
+                _ if g.members & !known != 0 => "unknown member index",
                 _ => continue,
             };
             return Err(BadGroup {
@@ -626,7 +586,6 @@ impl RightsTable {
             let why = match () {
                 _ if earlier.iter().any(|o| o.id == e.id) => "id used twice",
                 _ if e.id.0 as usize >= MAX_EDGES => "id out of range",
-                _ if self.viewer.is_some_and(|v| v != e.from && v != e.to) => "not the viewer's",
                 _ => "",
             };
             if !why.is_empty() {
@@ -653,10 +612,7 @@ impl RightsTable {
 impl fmt::Display for RightsTable {
     /// The table as `vmpi check` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.viewer() {
-            Some(id) => writeln!(f, "rights of {} ({id})", self.name(id.index))?,
-            None => writeln!(f, "rights table")?,
-        }
+        writeln!(f, "rights table")?;
         writeln!(f, "partitions:")?;
         for p in &self.partitions {
             let policy = match p.policy {

@@ -1,12 +1,12 @@
-//! The published encoding of a rights table or view, and its defensive decoder.
+//! The published encoding of a rights table, and its defensive decoder.
 //!
-//! The monitor writes one image per partition into shared memory at start; the
-//! partition decodes it with [`RightsTable::decode`], which never panics and rejects
-//! anything that is not exactly a valid table. All integers are little-endian and
+//! The launcher writes the image into the control region it shares with the monitor
+//! partition, which decodes it with [`RightsTable::decode`]: that never panics and
+//! rejects anything that is not exactly a valid table. All integers are little-endian and
 //! unaligned; every record has a fixed size:
 //!
 //! ```text
-//! header    32 B  magic "VMPR", version u16 = 1, viewer u16 (0xFFFF: full table),
+//! header    32 B  magic "VMPR", version u16 = 2, reserved u16 = 0,
 //!                 partitions u16, groups u16, edges u16, reserved u16 = 0,
 //!                 total_len u32, checksum u32 (FNV-1a of the records), reserved [u8; 8] = 0
 //! partition 48 B  index u16, generation u16, policy u32 (1 stop, 2 restart),
@@ -36,12 +36,11 @@ use crate::rights::{
 /// First word of a rights image: "VMPR".
 pub const RIGHTS_MAGIC: u32 = u32::from_le_bytes(*b"VMPR");
 /// Version of the rights image format.
-pub const RIGHTS_VERSION: u16 = 1;
+pub const RIGHTS_VERSION: u16 = 2;
 /// Size of the header.
 pub const HEADER_LEN: usize = 32;
 /// Size of every record after the header.
 pub const RECORD_LEN: usize = 48;
-const FULL_TABLE: u16 = 0xFFFF;
 const FLAG_TAGS: u16 = 1;
 const FLAG_NONBLOCKING: u16 = 2;
 
@@ -50,7 +49,7 @@ const FLAG_NONBLOCKING: u16 = 2;
 struct Header {
     magic: U32,
     version: U16,
-    viewer: U16,
+    reserved2: U16,
     partitions: U16,
     groups: U16,
     edges: U16,
@@ -234,7 +233,7 @@ impl RightsTable {
         let header = Header {
             magic: RIGHTS_MAGIC.into(),
             version: RIGHTS_VERSION.into(),
-            viewer: self.viewer.unwrap_or(FULL_TABLE).into(),
+            reserved2: U16::ZERO,
             partitions: (self.partitions.len() as u16).into(),
             groups: (self.groups.len() as u16).into(),
             edges: (self.edges.len() as u16).into(),
@@ -263,7 +262,7 @@ impl RightsTable {
         if h.version.get() != RIGHTS_VERSION {
             return Err(DecodeError::BadVersion(h.version.get()));
         }
-        if h.reserved0.get() != 0 || h.reserved1 != [0; 8] {
+        if h.reserved0.get() != 0 || h.reserved2.get() != 0 || h.reserved1 != [0; 8] {
             return Err(DecodeError::NonZero { offset: 0 });
         }
         let (np, ng, ne) = (
@@ -288,10 +287,7 @@ impl RightsTable {
                 .next()
                 .map(|(i, r)| (HEADER_LEN + i * RECORD_LEN, r))
         };
-        let mut table = RightsTable {
-            viewer: Some(h.viewer.get()).filter(|&v| v != FULL_TABLE),
-            ..RightsTable::default()
-        };
+        let mut table = RightsTable::default();
         for (offset, raw) in (0..np).filter_map(|_| next()) {
             let rec = PartitionRec::read_from_bytes(raw).map_err(|_| short(total))?;
             let policy = match (rec.policy.get(), rec.limit.get()) {
