@@ -42,7 +42,8 @@
 //!   [`Endpoint::isend`] / [`Endpoint::irecv`] → [`Request`], then [`Endpoint::wait`],
 //!   [`Endpoint::test`], [`Endpoint::waitall`], [`Endpoint::cancel`];
 //!   [`Endpoint::sendrecv`], [`Endpoint::probe`], [`Endpoint::iprobe`]. Messages are
-//!   non-overtaking per (source, tag, communicator).
+//!   non-overtaking per (source, tag, communicator). [`Endpoint::align`] puts a channel
+//!   back in step after one-way traffic, so that a request and its reply share a line.
 //! - Collectives (linear, through the root): [`Endpoint::barrier`], [`Endpoint::bcast`],
 //!   [`Endpoint::gather`], [`Endpoint::scatter`], [`Endpoint::reduce`],
 //!   [`Endpoint::allreduce`] ([`Op`] on `u64`).
@@ -56,7 +57,8 @@
 //! Sizes: messages of up to 16 bytes travel inline in one 32-byte slot (one cache line
 //! crossing); larger ones go through the data area in chunks of at most
 //! `min(data_len / 4, 64 KiB)`, streamed while the receiver copies earlier chunks out,
-//! up to `max_msg` (default 16 MiB). A non-blocking send is all or nothing.
+//! up to `max_msg` (default 16 MiB); a whole one of 4 KiB or more reuses the last one's
+//! lines once they were consumed. A non-blocking send is all or nothing.
 //!
 //! # Transports
 //! - **Raw memory** (any target, the guest): the launcher calls [`layout::reopen`] on
