@@ -9,8 +9,8 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`rights`] | the rights table, its builder and validation, per-partition views, the send check |
-//! | [`wire`] | the published binary image of a table or view and its defensive decoder |
+//! | [`rights`] | the rights table, its builder and validation, each channel's published rights, the send check |
+//! | [`wire`] | the binary image of a table (launcher to monitor) and its defensive decoder |
 //! | [`meter`] | token buckets per edge fed by producer counters; flood and tamper detection |
 //! | [`control`] | fixed-size control records between partitions, launcher and monitor |
 //! | [`region`] | the layout of the control region between the launcher and the monitor partition |
@@ -63,7 +63,9 @@
 //!   must be stop (it cannot restart itself; the launcher handles its death).
 //! - A verdict carries out the failure policy: revoke every edge of the culprit, kill
 //!   it, then restart it as the next generation or leave it dead. Floods can be dealt
-//!   with more mildly ([`FloodAction`]); tampering and hostile records cannot.
+//!   with more mildly ([`FloodAction`]); tampering and hostile records cannot. A channel
+//!   revoked for a flood that an end opens again convicts the flood's sender
+//!   ([`Monitor::unrevoked`]): only the two ends can write there.
 //! - Little-endian, fixed-size records for everything that crosses a partition boundary.
 #![no_std]
 #![deny(missing_docs)]
