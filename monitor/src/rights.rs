@@ -4,9 +4,8 @@
 //! Built from the manifest with [`RightsBuilder`]. Each partition learns only its own
 //! rights: the monitor partition publishes [`RightsTable::channel_rights`] in the
 //! control block of each channel, which only its two ends map, and their fabric checks
-//! every send against them. [`RightsTable::view`] is the same restriction as a table
-//! (see [`crate::wire`] for its encoding); [`RightsTable::check_send`] is the check
-//! itself on the full table.
+//! every send against them; [`RightsTable::check_send`] is the same check on the full
+//! table. [`crate::wire`] encodes the table for the monitor partition.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;

@@ -26,7 +26,7 @@ pub enum Action {
     /// Ask the launcher to kill this incarnation's VM ([`Command::Kill`]).
     Kill(PartitionId),
     /// Ask the launcher to start this new incarnation ([`Command::Restart`]), after the
-    /// kill, with the view from [`Supervisor::publish`].
+    /// kill (its channels reopened first, see [`Action::Reopen`]).
     Restart(PartitionId),
     /// Reset the edge's ring, reopen its control word with each side's current
     /// generation (a peer attached to an older one gets `PeerDead` until it
