@@ -227,8 +227,8 @@ fn parse_groups(v: &str) -> Result<Vec<(String, u32, Vec<Rank>)>, String> {
 /// Shortest adaptive spin before blocking.
 pub const SPIN_MIN_NS: u64 = 20_000;
 /// Longest adaptive spin before blocking. Four partitions on two cores
-/// (`tests/compose.rs`), when each core hosts one partition of each pair: round-trip
-/// p50 0.8 ms with 2 ms, 0.25-0.3 ms with 200 µs, 0.22-0.31 ms with 100 µs.
+/// (`tests/compose.rs`), in the runs where the pairs must share cores: round-trip p50
+/// 0.8 ms with 2 ms, 0.25-0.3 ms with 200 µs, 0.22-0.31 ms with 100 µs.
 pub const SPIN_MAX_NS: u64 = 100_000;
 /// A block that a doorbell ended within this (wake-up included) grows the spin.
 pub const SPIN_GROW_NS: u64 = 2 * SPIN_MAX_NS;
