@@ -58,7 +58,7 @@ fn hello_without_tsc_khz_calibrates() {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("tsc_khz=")?.parse().ok())
         .expect("tsc_khz in the boot_tsc line");
-    let host = vmpi_tests::host_tsc_khz();
+    let host = vmpi::tsc::tsc_khz();
     assert!(
         khz > host * 3 / 4 && khz < host * 5 / 4,
         "calibrated {khz} kHz, host TSC {host} kHz\n{}",

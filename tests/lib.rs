@@ -390,27 +390,6 @@ impl Drop for ShmFile {
     }
 }
 
-/// The host's time stamp counter.
-pub fn host_tsc() -> u64 {
-    // SAFETY: rdtsc has no preconditions on x86_64.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
-/// The host TSC frequency in kHz, measured once against the monotonic clock
-/// (50 ms). Under KVM here the guest's TSC is the host's, so partitions get the
-/// same value through `tsc_khz=`.
-pub fn host_tsc_khz() -> u64 {
-    static F: OnceLock<u64> = OnceLock::new();
-    *F.get_or_init(|| {
-        let t0 = Instant::now();
-        let c0 = host_tsc();
-        std::thread::sleep(Duration::from_millis(50));
-        let c1 = host_tsc();
-        let ns = t0.elapsed().as_nanos() as u64;
-        ((c1 - c0) as u128 * 1_000_000 / ns as u128) as u64
-    })
-}
-
 /// Percentile `p` (0..=100) of sorted samples.
 pub fn percentile<T: Copy>(sorted: &[T], p: usize) -> T {
     sorted[(sorted.len() - 1) * p / 100]

@@ -8,15 +8,22 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::thread;
 
-fn dl(ep: &interconnect::Endpoint<host::HostPlatform>) -> Deadline {
+type Ep = Endpoint<host::HostPlatform>;
+
+fn dl(ep: &Ep) -> Deadline {
     ep.after_ms(10_000)
+}
+
+/// Ranks 0 and 1 of a world of two over the thread transport.
+fn pair() -> (Ep, Ep) {
+    let mut eps = host::threads(&Config::new(2)).unwrap();
+    let b = eps.pop().unwrap();
+    (eps.pop().unwrap(), b)
 }
 
 #[test]
 fn ping_pong_small_and_large() {
-    let mut eps = host::threads(&Config::new(2)).unwrap();
-    let mut b = eps.pop().unwrap();
-    let mut a = eps.pop().unwrap();
+    let (mut a, mut b) = pair();
     let sizes = [0usize, 1, 8, 40, 41, 64, 1000, 65536, 300_000, 1 << 20];
     let t = thread::spawn(move || {
         let w = b.world();
@@ -231,12 +238,10 @@ fn a_receiver_waiting_for_a_message_does_not_say_it_waits_for_credit() {
 
 #[test]
 fn align_puts_a_skewed_channel_back_in_step_both_ways() {
-    let mut eps = host::threads(&Config::new(2)).unwrap();
-    let mut b = eps.pop().unwrap();
-    let mut a = eps.pop().unwrap();
+    let (mut a, mut b) = pair();
     let w = a.world();
     let slots = layout::Geometry::default().slots as u64;
-    let skew = |e: &Endpoint<host::HostPlatform>, peer| e.channel(peer).unwrap().skew();
+    let skew = |e: &Ep, peer| e.channel(peer).unwrap().skew();
     assert_eq!(
         (skew(&a, 1), skew(&b, 0)),
         (0, 0),
@@ -282,20 +287,18 @@ fn align_puts_a_skewed_channel_back_in_step_both_ways() {
 
 #[test]
 fn a_large_message_reuses_the_data_lines_of_the_last_once_consumed() {
-    let mut eps = host::threads(&Config::new(2)).unwrap();
-    let mut b = eps.pop().unwrap();
-    let mut a = eps.pop().unwrap();
+    let (mut a, mut b) = pair();
     let w = a.world();
     let dl = u64::from(layout::Geometry::default().data_len);
     // Where rank 0's data head is: each message's data ends there.
-    let head = |a: &Endpoint<host::HostPlatform>| {
+    let head = |a: &Ep| {
         let ch = a.channel(1).unwrap();
         let off = ch.geometry().dir(ch.side()).data_head();
         ch.region()
             .load64(off, std::sync::atomic::Ordering::Acquire)
     };
     let mut buf = vec![0u8; 16 << 10];
-    let mut send = |a: &mut Endpoint<host::HostPlatform>, n: usize, seed: u8, drain: bool| {
+    let mut send = |a: &mut Ep, n: usize, seed: u8, drain: bool| {
         let msg: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect();
         a.send(&w, 1, 1, &msg, Deadline::NOW).unwrap();
         if drain {

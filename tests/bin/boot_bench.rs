@@ -8,7 +8,8 @@
 
 use std::process::Command;
 use std::time::Instant;
-use vmpi_tests::{Accel, Machine, Vm, accel, host_tsc, host_tsc_khz, image, percentile, uhyve};
+use vmpi::tsc::{rdtsc, tsc_khz};
+use vmpi_tests::{Accel, Machine, Vm, accel, image, percentile, uhyve};
 
 fn field(line: &str, key: &str) -> Option<u64> {
     line.split_whitespace()
@@ -34,7 +35,7 @@ fn boot(machine: Machine, khz: u64, trace: bool) -> Option<(Sample, Option<f64>)
         vm = vm.args(["-msg", "timestamp=on", "-trace", "kvm_vcpu_ioctl"]);
     }
     let wall0 = std::time::SystemTime::now();
-    let spawn = host_tsc();
+    let spawn = rdtsc();
     let t0 = Instant::now();
     let out = vm.run();
     let exit = t0.elapsed().as_secs_f64() * 1e3;
@@ -91,7 +92,7 @@ fn main() {
         eprintln!("boot-bench: needs KVM (the breakdown uses the shared host/guest TSC)");
         std::process::exit(2);
     }
-    let khz = host_tsc_khz();
+    let khz = tsc_khz();
     let img = image("hello");
     let size = std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0);
     println!("boot-bench: {boots} boots each, hello image {size} bytes, host TSC {khz} kHz");

@@ -8,7 +8,8 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use vmpi_tests::{Machine, ShmFile, Vm, accel, host_tsc, host_tsc_khz, image, percentile};
+use vmpi::tsc::{rdtsc, tsc_khz};
+use vmpi_tests::{Machine, ShmFile, Vm, accel, image, percentile};
 
 const PING: usize = 0;
 const PONG: usize = 64;
@@ -58,12 +59,12 @@ fn host_side(role: &str, path: &str, iters: u64) {
             }
             let mut rtt = Vec::with_capacity(iters as usize);
             for i in 1..=iters {
-                let t0 = host_tsc();
+                let t0 = rdtsc();
                 word(PING).store(i, Ordering::Release);
                 while word(PONG).load(Ordering::Acquire) != i {
                     std::hint::spin_loop();
                 }
-                rtt.push(host_tsc() - t0);
+                rtt.push(rdtsc() - t0);
             }
             rtt.sort_unstable();
             println!("p50={} p99={}", percentile(&rtt, 50), percentile(&rtt, 99));
@@ -126,7 +127,7 @@ fn main() {
     let rounds: usize = a.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let iters: u64 = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let acc = accel();
-    let khz = host_tsc_khz();
+    let khz = tsc_khz();
     println!(
         "pingpong-bench: {rounds} interleaved rounds of {iters} round trips, {acc:?}, TSC {khz} kHz"
     );

@@ -285,16 +285,16 @@ fn run(
                 return Ok((0, "PermissionDenied".into(), String::new()));
             };
             let r = ch.region();
-            // The words to keep rewriting: the control word, or the peer's rights.
-            let (off, words): (usize, &[u32]) = if step.op == "unrevoke" {
-                (layout::CONTROL, &[layout::OPEN])
-            } else {
+            // The words to keep rewriting: the peer's rights, or the control word.
+            let forge = step.op == "forge";
+            let (off, words): (usize, &[u32]) = if forge {
                 let all = &[layout::MAY_SEND | layout::MAY_ISEND, 0, ANY_TAG - 1];
                 (layout::RIGHTS + 12 * (1 - ch.side()), all)
+            } else {
+                (layout::CONTROL, &[layout::OPEN])
             };
             let until = rt::time::now().after(Duration::from_millis(step.num("ms", None)?));
             let mut writes = 0u64;
-            let forge = step.op == "forge";
             while rt::time::now() < until {
                 for (k, w) in words.iter().enumerate() {
                     r.store32(off + 4 * k, *w, core::sync::atomic::Ordering::Release);
